@@ -1,0 +1,118 @@
+"""The documented generation entry point: prompt (+ optional condition image) -> code grids -> pixels."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InputError
+from .image_prep import prepare_condition, signed_to_unit_bhwc
+from .logits import SamplingOptions
+from .sampler import CancelFn, DecodeStats, ProgressFn, sample_plain
+from .tasks import ImageLayout, PromptPlan, TaskSpec, build_prompt, get_task
+
+
+@dataclass
+class GenerationResult:
+    codes: torch.Tensor            # [B, h_lat, w_lat] the whole canvas (given condition rows included)
+    layout: ImageLayout
+    task: TaskSpec
+    seeds: list[int]
+    prompt: str                    # the rendered prompt text
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+    def panel_codes(self, panel: str | None = None) -> torch.Tensor:
+        """Codes of 'full', 'upper', 'lower' or (default) the task's output panel."""
+        return crop_codes(self.codes, panel or self.task.output_panel)
+
+
+def crop_codes(codes: torch.Tensor, panel: str) -> torch.Tensor:
+    h = codes.shape[-2]
+    if panel == "full":
+        return codes
+    if panel == "upper":
+        return codes[..., : h // 2, :]
+    if panel == "lower":
+        return codes[..., h // 2:, :]
+    raise InputError(f"panel must be 'full', 'upper' or 'lower', got {panel!r}")
+
+
+def canvas_size(task: str | TaskSpec, width: int, height: int) -> tuple[int, int]:
+    """Canvas size for an output panel of width x height (dual-panel tasks stack two panels)."""
+    spec = get_task(task) if isinstance(task, str) else task
+    return (width, height * 2) if spec.dual_panel else (width, height)
+
+
+def encode_condition(image_tokenizer, image, width: int, height: int) -> torch.Tensor:
+    """A condition image (PIL or [H,W,C]/[1,H,W,C] 0..1 tensor) -> codes [1, height/f, width/f]."""
+    if image_tokenizer is None:
+        raise InputError("a condition image needs the MoVQGAN image tokenizer to encode it")
+    pixels = prepare_condition(image, width, height)
+    return image_tokenizer.encode(pixels)
+
+
+def plan_request(model, prompt: str, width: int, height: int, task="t2i", *, tokenizer=None,
+                 condition_codes=None, condition_image=None, image_tokenizer=None,
+                 subject_description: str | None = None) -> PromptPlan:
+    tok = tokenizer or getattr(model, "tokenizer", None)
+    if tok is None:
+        raise InputError("no text tokenizer: load the checkpoint folder with its tokenizer.json, or pass tokenizer=")
+    spec = get_task(task) if isinstance(task, str) else task
+    if condition_image is not None:
+        if condition_codes is not None:
+            raise InputError("pass either condition_image or condition_codes, not both")
+        condition_codes = encode_condition(image_tokenizer, condition_image, width, height // 2)
+    if condition_codes is not None and image_tokenizer is not None \
+            and tok.special.num_image_codes != image_tokenizer.num_codes:
+        raise InputError(f"the image tokenizer has {image_tokenizer.num_codes} codes but the model expects "
+                         f"{tok.special.num_image_codes}; use the MoVQGAN that belongs to this checkpoint.")
+    return build_prompt(tok, spec, prompt, width, height, condition_codes=condition_codes,
+                        max_positions=model.config.max_position_embeddings,
+                        subject_description=subject_description)
+
+
+def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: str = "t2i",
+             seed: int = 0, batch_size: int = 1, seeds: list[int] | None = None,
+             cfg: float = 4.0, top_k: int = 4096, temperature: float = 1.0, top_p: float = 1.0,
+             top_n_sigma: float = 0.0, cfg_mode: str = "plain", sampling: SamplingOptions | None = None,
+             condition_image=None, condition_codes=None, image_tokenizer=None, tokenizer=None,
+             subject_description: str | None = None, decoder=None,
+             progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> GenerationResult:
+    """Generate image codes.
+
+    width/height: the image block (for dual-panel tasks the whole canvas; see `canvas_size`).
+    seed/batch_size: image i uses seed + i (or pass `seeds`). `sampling` overrides the loose options.
+    decoder: None for plain decoding, or a decoding strategy object with a `.sample(...)` method
+    (e.g. `SJDecoder`), called with the same arguments as `sample_plain`.
+    """
+    opts = (sampling or SamplingOptions(cfg=cfg, top_k=top_k, temperature=temperature, top_p=top_p,
+                                        top_n_sigma=top_n_sigma, cfg_mode=cfg_mode)).validated()
+    if seeds is None:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        seeds = [int(seed) + i for i in range(batch_size)]
+    plan = plan_request(model, prompt, width, height, task, tokenizer=tokenizer, condition_codes=condition_codes,
+                        condition_image=condition_image, image_tokenizer=image_tokenizer,
+                        subject_description=subject_description)
+    special = (tokenizer or model.tokenizer).special
+    if decoder is None:
+        gen, stats = sample_plain(model, plan, special, seeds, opts, progress, cancel)
+    else:
+        gen, stats = decoder.sample(model, plan, special, seeds, opts, progress, cancel)
+    codes = gen
+    if plan.layout.prefix_rows:
+        prefix = torch.tensor(plan.cond_ids[len(plan.cond_ids) - plan.layout.prefix_rows * (plan.layout.w_lat + 1):],
+                              dtype=torch.long, device=gen.device).view(plan.layout.prefix_rows, -1)[:, :-1]
+        prefix = (prefix - special.image_code_start).expand(len(seeds), -1, -1)
+        codes = torch.cat([prefix, gen], dim=1)
+    return GenerationResult(codes=codes.cpu(), layout=plan.layout, task=plan.task, seeds=list(seeds),
+                            prompt=plan.text, stats=stats)
+
+
+def decode_images(image_tokenizer, codes: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """codes [B, h, w] -> IMAGE [B, H, W, 3] float32 in 0..1 (decoded in chunks of `batch`)."""
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, codes.shape[0], batch):
+            outs.append(signed_to_unit_bhwc(image_tokenizer.decode(codes[i:i + batch])).cpu())
+    return torch.cat(outs, 0)

@@ -1,0 +1,141 @@
+"""The plain autoregressive sampler: one batched forward per image token, CFG inside the batch.
+
+Batch rows: conditional streams of the B images first, then their unconditional streams (when
+cfg != 1). Each image's randomness comes from its own seed and the token's index in the canvas
+(see rng.py), so an image is the same alone or inside a batch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import rng
+from .errors import GenerationCancelled
+from .kv_cache import KVCache
+from .logits import GuidanceSchedule, SamplingOptions, draw, guide, truncate
+from .tasks import PromptPlan
+
+ProgressFn = Callable[[int, int, torch.Tensor], None]   # (rows done, total rows, codes so far [B, rows, w])
+CancelFn = Callable[[], bool]                            # True -> stop
+
+
+@dataclass
+class DecodeStats:
+    forwards: int = 0            # batched forward passes after the prefill
+    image_tokens: int = 0        # image codes produced per image
+    prefill_tokens: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.image_tokens / max(1, self.forwards)
+
+
+class Session:
+    """A static KV cache holding the prompt of every stream, plus the write pointer."""
+
+    def __init__(self, model, plan: PromptPlan, n_images: int, use_cfg: bool, slack: int = 0,
+                 prefill_chunk: int = 1024):
+        self.model, self.plan, self.n_images, self.use_cfg = model, plan, n_images, use_cfg
+        self.rows = n_images * (2 if use_cfg else 1)
+        prompt_len = len(plan.cond_ids)
+        self.cache = KVCache.for_model(model, self.rows, prompt_len + plan.layout.generated_tokens + slack)
+        self.prefill_chunk = prefill_chunk
+        self.stats = DecodeStats(prefill_tokens=prompt_len)
+
+    def prefill(self, code_rows: tuple[int, int]) -> torch.Tensor:
+        """Run the prompts; return image-code logits for the first generated position, [rows, n_codes].
+
+        The prompt is identical for every image, so it is computed once for a (cond, uncond) pair and
+        the resulting cache copied to the other images.
+        """
+        plan, dev = self.plan, self.model.device
+        L = len(plan.cond_ids)
+        streams = [plan.cond_ids] + ([plan.uncond_ids] if self.use_cfg else [])
+        ids = torch.zeros(len(streams), L, dtype=torch.long, device=dev)
+        starts = []
+        for i, s in enumerate(streams):
+            ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long, device=dev)
+            starts.append(L - len(s))
+        unique = KVCache.for_model(self.model, len(streams), L)
+        unique.starts = torch.tensor(starts, dtype=torch.long, device=dev)
+        logits = None
+        for a in range(0, L, self.prefill_chunk):
+            b = min(L, a + self.prefill_chunk)
+            slots = unique.slots(b - a)
+            logits = self.model.forward_step(ids[:, a:b], unique, slots, kv_len=b, rows=code_rows, last_only=True)
+            unique.length = b
+        B = self.n_images
+        src = torch.arange(len(streams), device=dev).repeat_interleave(B)  # rows: cond x B, uncond x B
+        for layer in range(len(unique.k)):
+            self.cache.k[layer][:, :, :L] = unique.k[layer][src]
+            self.cache.v[layer][:, :, :L] = unique.v[layer][src]
+        self.cache.starts = unique.starts[src].clone()
+        self.cache.length = L
+        return logits[src, -1]
+
+    def step(self, tokens: torch.Tensor, code_rows: tuple[int, int], last_only: bool = True) -> torch.Tensor:
+        """Feed `tokens` [n_images, T] (the same tokens go to an image's cond and uncond streams)."""
+        if self.use_cfg:
+            tokens = torch.cat([tokens, tokens], dim=0)
+        T = tokens.shape[1]
+        slots = self.cache.slots(T)
+        out = self.model.forward_step(tokens, self.cache, slots, kv_len=self.cache.length + T,
+                                      rows=code_rows, last_only=last_only)
+        self.cache.length += T
+        self.stats.forwards += 1
+        return out
+
+    def split(self, logits: torch.Tensor):
+        """[rows, ...] -> (cond, uncond or None)."""
+        if not self.use_cfg:
+            return logits, None
+        return logits[: self.n_images], logits[self.n_images:]
+
+
+def code_counter(layout, row: int, col: int) -> int:
+    """Index of a code in the canvas: the RNG counter of that token."""
+    return row * layout.w_lat + col
+
+
+def sample_plain(model, plan: PromptPlan, special, seeds: list[int], opts: SamplingOptions,
+                 progress: ProgressFn | None = None, cancel: CancelFn | None = None):
+    """Generate the missing rows of `plan` for each seed. Returns (codes [B, gen_rows, w_lat], DecodeStats)."""
+    opts = opts.validated()
+    lay = plan.layout
+    B, w, dev = len(seeds), lay.w_lat, model.device
+    code_rows = special.image_rows
+    t0 = time.perf_counter()
+    session = Session(model, plan, B, opts.uses_cfg)
+    schedule = GuidanceSchedule(opts, lay.height // 32, lay.width // 32, lay.h_lat * (w + 1))
+    seed_t = rng.seed_tensor(seeds, dev)
+    out = torch.empty(B, lay.gen_rows, w, dtype=torch.long, device=dev)
+    row_end = torch.full((B, 1), special.row_end, dtype=torch.long, device=dev)
+    with torch.inference_mode():
+        logits = session.prefill(code_rows)
+        for r in range(lay.gen_rows):
+            row = lay.prefix_rows + r
+            for c in range(w):
+                cond, uncond = session.split(logits)
+                scores = truncate(guide(cond, uncond, schedule.at(row * (w + 1) + c), opts.guidance_top_k), opts)
+                counter = torch.full((B,), code_counter(lay, row, c), dtype=torch.long, device=dev)
+                noise = None if opts.greedy else rng.gumbel(seed_t, counter, scores.shape[-1])
+                codes = draw(scores, noise)
+                out[:, r, c] = codes
+                if r == lay.gen_rows - 1 and c == w - 1:
+                    break  # the rest (row end, end of image) is structural
+                tokens = (codes + special.image_code_start).view(B, 1)
+                if c == w - 1:  # the row end is known: feed it in the same forward
+                    tokens = torch.cat([tokens, row_end], dim=1)
+                logits = session.step(tokens, code_rows)[:, -1]
+            if progress is not None:
+                progress(r + 1, lay.gen_rows, out[:, : r + 1])
+            if cancel is not None and cancel():
+                raise GenerationCancelled(f"stopped after {r + 1} of {lay.gen_rows} rows")
+    session.stats.image_tokens = lay.gen_rows * w
+    session.stats.seconds = time.perf_counter() - t0
+    return out, session.stats

@@ -1,0 +1,209 @@
+"""Task templates and token-sequence layouts, in one place.
+
+Every task is one image block after the prompt:
+    <racm3:break> <grid H/32> <grid W/32> (codes of a row, <row end>) x H/8 <eoss>
+Dual-panel tasks use a double-height canvas; the condition (if any) is the upper half and is part
+of the prompt, so the model generates only the lower half. The grid tokens are always appended by
+us (upstream lets the model sample them, which breaks sizes other than 768, issue #11).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+
+SIZE_MULTIPLE = 32  # grid tokens count 32-px units
+
+T2I_TEMPLATE = "Generate an image of {w}x{h} according to the following prompt:\n{prompt}"
+LOWER_IS_X = ("Generate a dual-panel image of {w}x{h} where the <lower half> displays a <{x}>, while the "
+              "<upper half> retains the original image for direct visual comparison:\n{prompt}")
+UPPER_IS_X = ("Generate a dual-panel image of {w}x{h} where the <upper half> displays a <{x}>, while the "
+              "<lower half> retains the original image for direct visual comparison:\n{prompt}")
+# No editing template is published; this follows the dual-panel pattern and is UNVERIFIED.
+EDIT_TEMPLATE = ("Generate a dual-panel image of {w}x{h} where the <lower half> shows the <upper half> edited "
+                 "according to the following instruction:\n{prompt}")
+
+MAPS = {"depth": "depth map", "canny": "canny edge map", "hed": "hed edge map", "pose": "pose estimation map"}
+# Upstream's subject task puts a description of the reference subject inside <...>; this is its demo value.
+DEFAULT_SUBJECT_DESCRIPTION = "Bubbly and effervescent with a sparkling allure."
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    template: str
+    dual_panel: bool
+    needs_condition: bool      # the upper half is given (encoded condition image)
+    map_kind: str | None = None
+    verified: bool = True      # False: no upstream template exists, ours is a best guess
+    description: str = ""
+
+    @property
+    def output_panel(self) -> str:
+        """Which part of the canvas is the task's result: 'full', 'upper' or 'lower'."""
+        if not self.dual_panel:
+            return "full"
+        return "lower" if self.needs_condition else "upper"
+
+
+def _tasks() -> dict[str, TaskSpec]:
+    out = {"t2i": TaskSpec("t2i", T2I_TEMPLATE, False, False, description="text to image")}
+    for key, label in MAPS.items():
+        out[f"pair_{key}"] = TaskSpec(f"pair_{key}", LOWER_IS_X, True, False, label,
+                                      description=f"text to an image (upper half) and its {label} (lower half)")
+    for key in ("depth", "canny"):
+        out[f"control_{key}"] = TaskSpec(f"control_{key}", UPPER_IS_X, True, True, MAPS[key],
+                                         description=f"{MAPS[key]} (upper half, given) to an image")
+    for key in ("hed", "pose"):
+        out[f"control_{key}"] = TaskSpec(f"control_{key}", UPPER_IS_X, True, True, MAPS[key], verified=False,
+                                         description=f"{MAPS[key]} (given) to an image; not in upstream's release")
+    out["subject"] = TaskSpec("subject", UPPER_IS_X, True, True, None,
+                              description="subject reference (upper half, given) to a new image of it")
+    for key, label in MAPS.items():
+        out[f"dense_{key}"] = TaskSpec(f"dense_{key}", LOWER_IS_X, True, True, label, verified=(key in ("depth", "canny")),
+                                       description=f"image (upper half, given) to its {label}")
+    out["edit"] = TaskSpec("edit", EDIT_TEMPLATE, True, True, None, verified=False,
+                           description="image (upper half, given) edited by an instruction; template unverified")
+    return out
+
+
+TASKS = _tasks()
+
+
+def get_task(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise InputError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
+
+
+def render_prompt(task: TaskSpec, prompt: str, width: int, height: int, subject_description: str | None = None) -> str:
+    x = task.map_kind
+    if task.name == "subject":
+        x = subject_description or DEFAULT_SUBJECT_DESCRIPTION
+    return task.template.format(w=width, h=height, x=x, prompt=prompt)
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Geometry of one image block (the whole canvas for dual-panel tasks)."""
+    width: int
+    height: int
+    factor: int = 8
+    prefix_rows: int = 0  # latent rows given in the prompt (the condition half)
+
+    @property
+    def w_lat(self) -> int:
+        return self.width // self.factor
+
+    @property
+    def h_lat(self) -> int:
+        return self.height // self.factor
+
+    @property
+    def gen_rows(self) -> int:
+        return self.h_lat - self.prefix_rows
+
+    @property
+    def block_tokens(self) -> int:
+        """Tokens of the whole block: start, 2 grid tokens, rows with row ends, end."""
+        return self.h_lat * (self.w_lat + 1) + 4
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens produced after the prompt (generated rows with row ends, plus the end token)."""
+        return self.gen_rows * (self.w_lat + 1) + 1
+
+
+def check_size(width: int, height: int, what: str = "image") -> None:
+    bad = [f"{n}={v}" for n, v in (("width", width), ("height", height)) if v <= 0 or v % SIZE_MULTIPLE]
+    if bad:
+        def near(v):
+            lo = max(SIZE_MULTIPLE, v - v % SIZE_MULTIPLE)
+            return f"{lo} or {lo + SIZE_MULTIPLE}" if v % SIZE_MULTIPLE else str(v)
+        raise InputError(f"{what} size must be a positive multiple of {SIZE_MULTIPLE} px, got {', '.join(bad)}; "
+                         f"try width {near(width)} and height {near(height)}.")
+
+
+def largest_square_that_fits(budget_tokens: int, factor: int = 8) -> int:
+    side = SIZE_MULTIPLE
+    while True:
+        nxt = side + SIZE_MULTIPLE
+        lat = nxt // factor
+        if lat * (lat + 1) + 4 > budget_tokens:
+            return side
+        side = nxt
+
+
+@dataclass
+class PromptPlan:
+    """Everything a sampler needs: the two token streams and the geometry."""
+    task: TaskSpec
+    layout: ImageLayout
+    cond_ids: list[int]     # BOS, prompt, separator, image start, grid tokens, condition rows
+    uncond_ids: list[int]   # image start, grid tokens, condition rows (text dropped, condition kept)
+    text: str
+
+    @property
+    def total_tokens(self) -> int:
+        return len(self.cond_ids) + self.layout.generated_tokens
+
+
+def image_rows_to_ids(codes: torch.Tensor, special) -> list[int]:
+    """codes [h, w] -> token ids with a row end after each row."""
+    if codes.ndim != 2:
+        raise InputError(f"condition codes must be [h, w], got {tuple(codes.shape)}")
+    ids = codes.long() + special.image_code_start
+    rows = torch.cat([ids, torch.full((ids.shape[0], 1), special.row_end, dtype=torch.long)], dim=1)
+    return rows.flatten().tolist()
+
+
+def build_prompt(tokenizer, task: str | TaskSpec, prompt: str, width: int, height: int, *,
+                 condition_codes: torch.Tensor | None = None, max_positions: int | None = None,
+                 factor: int = 8, subject_description: str | None = None) -> PromptPlan:
+    """Token streams for one request. For dual-panel tasks `width`/`height` are the canvas size
+    (the condition / each panel is width x height/2)."""
+    spec = get_task(task) if isinstance(task, str) else task
+    check_size(width, height, "canvas" if spec.dual_panel else "image")
+    if spec.dual_panel and (height // 2) % SIZE_MULTIPLE:
+        raise InputError(f"dual-panel canvas height {height} must be a multiple of {2 * SIZE_MULTIPLE} so each "
+                         f"panel is a multiple of {SIZE_MULTIPLE}; try {height - height % 64 or 64} or "
+                         f"{height - height % 64 + 64}.")
+    sp = tokenizer.special
+    layout = ImageLayout(width, height, factor)
+    head = [sp.image_start, tokenizer.grid_token(height // SIZE_MULTIPLE), tokenizer.grid_token(width // SIZE_MULTIPLE)]
+    prefix: list[int] = []
+    if spec.needs_condition:
+        if condition_codes is None:
+            raise InputError(f"task {spec.name!r} needs a condition image (encode it with the image tokenizer first).")
+        cc = condition_codes
+        if cc.ndim == 3:
+            if cc.shape[0] != 1:
+                raise InputError("pass one condition image per request (codes [1, h, w] or [h, w]).")
+            cc = cc[0]
+        want = (height // 2 // factor, width // factor)
+        if tuple(cc.shape) != want:
+            raise InputError(f"condition codes are {tuple(cc.shape)} (h, w) but a {width}x{height} canvas needs "
+                             f"the upper panel as {want}: encode the condition at {width}x{height // 2} px.")
+        if int(cc.min()) < 0 or int(cc.max()) >= sp.num_image_codes:
+            raise InputError(f"condition codes must lie in [0, {sp.num_image_codes}); got a code of {int(cc.max())}. "
+                             "Was it encoded with this model's image tokenizer?")
+        prefix = image_rows_to_ids(cc, sp)
+        layout = ImageLayout(width, height, factor, prefix_rows=want[0])
+    elif condition_codes is not None:
+        raise InputError(f"task {spec.name!r} generates from text only; remove the condition image or pick a "
+                         "task that uses one (control_*, subject, dense_*, edit).")
+    text = render_prompt(spec, prompt, width, height, subject_description)
+    cond = [sp.bos] + tokenizer.encode(text) + [sp.separator] + head + prefix
+    plan = PromptPlan(spec, layout, cond, head + prefix, text)
+    if max_positions is not None and plan.total_tokens > max_positions:
+        prompt_len = len(cond) - len(head) - len(prefix)
+        budget = max_positions - prompt_len
+        side = largest_square_that_fits(budget, factor)
+        raise InputError(f"prompt ({prompt_len} tokens) plus a {width}x{height} image "
+                         f"({layout.block_tokens} tokens) needs {plan.total_tokens} positions but the model "
+                         f"has {max_positions}. Use a smaller size (up to about {side}x{side} fits with this "
+                         f"prompt) or a shorter prompt.")
+    return plan
