@@ -66,3 +66,37 @@ def tiny_movqgan(num_codes: int = 64, seed: int = 0, **kw) -> MoVQGAN:
     with torch.no_grad():
         m.quantize.embedding.weight.normal_()
     return m.eval()
+
+
+def released_layout_tokenizer(folder):
+    """A word-level tokenizer.json with the 7B release's vocabulary size and special ids (151645 BOS,
+    151665 image start, 151666 end, 151670 row end, codes 155000..171383, 171384 separator), so
+    sequence tests can assert the real ids. Grid tokens sit in the reserved range after 151670."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from lumina_core.checkpoint_writer import image_code_token, save_tokenizer
+
+    vocab = {f"w{i}": i for i in range(151645)}
+    vocab.update({"<|im_end|>": 151645, "[UNK]": 151646})
+    for i in range(151647, 151665):
+        vocab[f"<qwen_special_{i}>"] = i
+    vocab.update({"<racm3:break>": 151665, "<eoss>": 151666, "<reserved08796>": 151667, "<reserved08797>": 151668,
+                  "<reserved08798>": 151669, "<reserved08799>": 151670})
+    nid = 151671
+    for n in range(1, 101):
+        vocab[f"<reserved{8800 + n:05d}>"] = nid
+        nid += 1
+    while nid < 155000:
+        vocab[f"<filler{nid}>"] = nid
+        nid += 1
+    for c in range(16384):
+        vocab[image_code_token(c)] = 155000 + c
+    vocab["<reserved08706>"] = 171384
+    for word in "Generate an image of according to the following prompt: a red circle".split():
+        vocab[word] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    from tokenizers import AddedToken
+    tok.add_special_tokens([AddedToken(n, special=True) for n in vocab if n.startswith("<")])
+    save_tokenizer(str(folder), tok)
+    return str(folder)
