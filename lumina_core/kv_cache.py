@@ -27,6 +27,15 @@ class KVCache:
         return cls(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim,
                    model.compute_dtype, model.device)
 
+    def row_view(self, step: int) -> "KVCache":
+        """A cache over rows 0, step, 2*step, ... sharing this cache's storage (writes land here)."""
+        view = KVCache.__new__(KVCache)
+        view.k = [t[::step] for t in self.k]
+        view.v = [t[::step] for t in self.v]
+        view.starts = self.starts[::step]
+        view.max_len, view.length = self.max_len, self.length
+        return view
+
     @property
     def batch(self) -> int:
         return self.starts.shape[0]

@@ -50,33 +50,31 @@ class Session:
     def prefill(self, code_rows: tuple[int, int]) -> torch.Tensor:
         """Run the prompts; return image-code logits for the first generated position, [rows, n_codes].
 
-        The prompt is identical for every image, so it is computed once for a (cond, uncond) pair and
-        the resulting cache copied to the other images.
+        The prompt is identical for every image, so it runs once for a (cond, uncond) pair, written
+        straight into rows 0 and B of the cache (a strided view, no extra memory), then copied to the
+        other images' rows.
         """
-        plan, dev = self.plan, self.model.device
+        plan, dev, B = self.plan, self.model.device, self.n_images
         L = len(plan.cond_ids)
         streams = [plan.cond_ids] + ([plan.uncond_ids] if self.use_cfg else [])
         ids = torch.zeros(len(streams), L, dtype=torch.long, device=dev)
-        starts = []
+        starts = torch.tensor([L - len(s) for s in streams], dtype=torch.long, device=dev)
         for i, s in enumerate(streams):
             ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long, device=dev)
-            starts.append(L - len(s))
-        unique = KVCache.for_model(self.model, len(streams), L)
-        unique.starts = torch.tensor(starts, dtype=torch.long, device=dev)
+        self.cache.starts = starts.repeat_interleave(B)  # rows: cond x B, then uncond x B
+        pair = self.cache.row_view(step=B)
         logits = None
         for a in range(0, L, self.prefill_chunk):
             b = min(L, a + self.prefill_chunk)
-            slots = unique.slots(b - a)
-            logits = self.model.forward_step(ids[:, a:b], unique, slots, kv_len=b, rows=code_rows, last_only=True)
-            unique.length = b
-        B = self.n_images
-        src = torch.arange(len(streams), device=dev).repeat_interleave(B)  # rows: cond x B, uncond x B
-        for layer in range(len(unique.k)):
-            self.cache.k[layer][:, :, :L] = unique.k[layer][src]
-            self.cache.v[layer][:, :, :L] = unique.v[layer][src]
-        self.cache.starts = unique.starts[src].clone()
+            logits = self.model.forward_step(ids[:, a:b], pair, pair.slots(b - a), kv_len=b, rows=code_rows,
+                                             last_only=True)
+            pair.length = b
+        for group in range(len(streams)):
+            first = group * B
+            for t in self.cache.k + self.cache.v:
+                t[first + 1:first + B, :, :L] = t[first:first + 1, :, :L]
         self.cache.length = L
-        return logits[src, -1]
+        return logits[:, -1].repeat_interleave(B, dim=0)
 
     def step(self, tokens: torch.Tensor, code_rows: tuple[int, int], last_only: bool = True) -> torch.Tensor:
         """Feed `tokens` [n_images, T] (the same tokens go to an image's cond and uncond streams)."""
