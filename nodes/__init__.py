@@ -1,0 +1,21 @@
+"""ComfyUI V3 nodes for Lumina-mGPT 2.0: thin wrappers over lumina_core."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .condition import ConditionEncoder
+from .decode import Decode
+from .download import Download
+from .loaders import ImageTokenizerLoader, ModelLoader
+from .sampler import Sampler
+
+NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, Decode, Download]
+
+
+class LuminaMGPT2Extension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> LuminaMGPT2Extension:
+    return LuminaMGPT2Extension()

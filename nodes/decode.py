@@ -1,0 +1,54 @@
+"""Decode node: code grids -> IMAGE, cropped to the panel the task produced."""
+from __future__ import annotations
+
+import comfy.model_management as mm
+from comfy_api.latest import io
+
+from ..lumina_core import InputError, crop_codes, decode_images
+from . import memory
+from .types import CATEGORY, ImageTokenizerType, TokensType
+
+PANELS = ("output", "other panel", "full canvas")
+OTHER = {"upper": "lower", "lower": "upper", "full": "full"}
+
+
+def panel_of(tokens, choice: str) -> str:
+    """'output' -> the task's result panel; 'other panel' -> the rest of a dual-panel canvas."""
+    own = tokens.task.output_panel if tokens.task is not None else "full"
+    return {"output": own, "other panel": OTHER[own], "full canvas": "full"}[choice]
+
+
+class Decode(io.ComfyNode):
+    DECODE_BATCH = 4
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LuminaMGPT2Decode",
+            display_name="Lumina-mGPT 2.0 Decode",
+            category=CATEGORY,
+            description="Turns code grids into images with the MoVQGAN image tokenizer. For dual-panel tasks it "
+                        "crops to the panel the task generated.",
+            inputs=[
+                TokensType.Input("tokens", tooltip="From the sampler, Select Best or a Condition Encoder."),
+                ImageTokenizerType.Input("image_tokenizer", tooltip="The MoVQGAN that belongs to the model."),
+                io.Combo.Input("panel", options=list(PANELS), default="output",
+                               tooltip="output: the task's result (the image for pair_* tasks, the lower panel for "
+                                       "control/dense/subject/edit). other panel: the rest (the map, or the "
+                                       "condition as the model saw it). full canvas: both panels."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="IMAGE [batch, height, width, 3], values 0..1.")],
+        )
+
+    @classmethod
+    def execute(cls, tokens, image_tokenizer, panel: str) -> io.NodeOutput:
+        vq = image_tokenizer.engine
+        if tokens.num_codes != vq.num_codes:
+            raise InputError(f"these codes index a {tokens.num_codes}-code codebook but the image tokenizer has "
+                             f"{vq.num_codes} codes: use the MoVQGAN that belongs to the model.")
+        codes = crop_codes(tokens.codes, panel_of(tokens, panel))
+        f = vq.downsample_factor
+        memory.load_image_tokenizer(image_tokenizer, codes.shape[-2] * codes.shape[-1] * f * f,
+                                    min(cls.DECODE_BATCH, codes.shape[0]))
+        images = decode_images(vq, codes, batch=cls.DECODE_BATCH)
+        return io.NodeOutput(images.to(mm.intermediate_device()))

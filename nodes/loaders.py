@@ -1,0 +1,91 @@
+"""Loader nodes: the transformer folder and the MoVQGAN image tokenizer, from models/lumina_mgpt/."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..lumina_core import CheckpointError, LuminaMGPT, MoVQGAN
+from ..lumina_core.model import ATTENTION_BACKENDS
+from ..lumina_core.model_files import list_image_tokenizers, list_transformers, resolve
+from . import memory
+from .types import CATEGORY, ImageTokenizer, ImageTokenizerType, LuminaModel, ModelType
+
+FOLDER_KEY = "lumina_mgpt"
+folder_paths.add_model_folder_path(FOLDER_KEY, os.path.join(folder_paths.models_dir, FOLDER_KEY))
+
+
+def model_folders() -> list[str]:
+    return folder_paths.get_folder_paths(FOLDER_KEY)
+
+
+def _weights_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+
+
+class ModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        names = list(list_transformers(model_folders()))
+        return io.Schema(
+            node_id="LuminaMGPT2ModelLoader",
+            display_name="Lumina-mGPT 2.0 Model Loader",
+            category=CATEGORY,
+            description="Loads a Lumina-mGPT 2.0 checkpoint folder (config.json, model*.safetensors, tokenizer.json) "
+                        "from models/lumina_mgpt/. ComfyUI moves it to the GPU when a sampler needs it and offloads "
+                        "it when other models need the memory.",
+            inputs=[
+                io.Combo.Input("checkpoint", options=names, default=names[0] if names else None,
+                               tooltip="A checkpoint folder inside models/lumina_mgpt/ (or a folder that "
+                                       "extra_model_paths.yaml maps to lumina_mgpt). 'demo: ...' is the small "
+                                       "bundled shapes model that runs on a CPU."),
+                io.Combo.Input("dtype", options=["auto", *memory.DTYPES], default="auto",
+                               tooltip="Weight dtype. auto: bf16 on GPUs that support it, else fp32 (and fp32 on "
+                                       "the CPU). fp16 halves memory on older GPUs but may overflow."),
+                io.Combo.Input("attention", options=list(ATTENTION_BACKENDS), default="sdpa",
+                               tooltip="sdpa needs nothing extra. flash_attn needs the flash-attn package and a "
+                                       "CUDA GPU (the prompt prefill uses it). eager is the slow reference, for "
+                                       "GPUs where sdpa misbehaves."),
+            ],
+            outputs=[ModelType.Output(display_name="model", tooltip="The Lumina-mGPT 2.0 transformer and its text tokenizer.")],
+        )
+
+    @classmethod
+    def execute(cls, checkpoint: str, dtype: str, attention: str) -> io.NodeOutput:
+        folder = resolve(checkpoint, list_transformers(model_folders()), "checkpoint", model_folders())
+        load_device = memory.mm.get_torch_device()
+        weight, compute = memory.pick_dtypes(dtype, load_device, _weights_bytes(folder) // 2)
+        engine = LuminaMGPT.from_pretrained(folder, dtype=weight, device=memory.mm.unet_offload_device(),
+                                            operations=memory.operations_for(weight, compute), attention=attention)
+        if engine.tokenizer is None:
+            raise CheckpointError(f"{folder} has no tokenizer.json; copy the checkpoint's tokenizer.json and "
+                                  "tokenizer_config.json into it.")
+        memory.set_compute_dtype_(engine, compute)
+        return io.NodeOutput(LuminaModel(memory.wrap(engine), checkpoint))
+
+
+class ImageTokenizerLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        names = list(list_image_tokenizers(model_folders()))
+        return io.Schema(
+            node_id="LuminaMGPT2ImageTokenizerLoader",
+            display_name="Lumina-mGPT 2.0 Image Tokenizer Loader",
+            category=CATEGORY,
+            description="Loads the MoVQGAN image tokenizer (movqgan_270M.ckpt for the real model) that turns code "
+                        "grids into pixels and condition images into codes.",
+            inputs=[
+                io.Combo.Input("image_tokenizer", options=names, default=names[0] if names else None,
+                               tooltip="A .ckpt or .safetensors MoVQGAN file directly inside models/lumina_mgpt/. "
+                                       "Use the one that belongs to the checkpoint (movqgan_270M.ckpt for "
+                                       "Lumina-mGPT 2.0, the demo's file for the demo model)."),
+            ],
+            outputs=[ImageTokenizerType.Output(display_name="image_tokenizer", tooltip="The MoVQGAN image tokenizer.")],
+        )
+
+    @classmethod
+    def execute(cls, image_tokenizer: str) -> io.NodeOutput:
+        path = resolve(image_tokenizer, list_image_tokenizers(model_folders()), "image tokenizer", model_folders())
+        vq = MoVQGAN.from_file(path, device=memory.mm.unet_offload_device())
+        return io.NodeOutput(ImageTokenizer(memory.wrap(vq), image_tokenizer))

@@ -1,0 +1,95 @@
+"""ComfyUI memory management for the engine's models: ModelPatcher wrapping, dtype choice, and loading
+onto the GPU with an estimate of what generation needs on top of the weights."""
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+from comfy.patcher_extension import CallbacksMP
+
+from ..lumina_core.kv_cache import KVCache
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+AUTO_DTYPES = [torch.bfloat16, torch.float32]  # fp16 only on request: activations can overflow it
+
+
+class PatcherModule(torch.nn.Module):
+    """What a ModelPatcher manages. ModelPatcher writes bookkeeping attributes (device, model_lowvram,
+    ...) onto its module; the engine's models derive `device` from their weights, so they stay inside."""
+
+    def __init__(self, inner: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.inner = inner
+        self.device = device
+
+
+def pick_dtypes(choice: str, load_device, params: int) -> tuple[torch.dtype, torch.dtype]:
+    """(weight dtype, compute dtype). 'auto' asks ComfyUI what this device runs well; when the weights
+    are stored in a dtype the device computes badly, ComfyUI's manual cast computes in another."""
+    weight = DTYPES[choice] if choice != "auto" else mm.unet_dtype(load_device, params, supported_dtypes=AUTO_DTYPES)
+    compute = mm.unet_manual_cast(weight, load_device, AUTO_DTYPES) or weight
+    return weight, compute
+
+
+def operations_for(weight: torch.dtype, compute: torch.dtype):
+    """ComfyUI layer ops: weights can stay offloaded per layer (low-VRAM) and are cast on the fly."""
+    return comfy.ops.disable_weight_init if weight == compute else comfy.ops.manual_cast
+
+
+def set_compute_dtype_(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Give the small non-layer parameters (norms) the compute dtype; the engine computes in their dtype."""
+    for module in model.modules():
+        if not hasattr(module, "comfy_cast_weights"):
+            for name, p in module.named_parameters(recurse=False):
+                if p.is_floating_point() and p.dtype != dtype:
+                    setattr(module, name, torch.nn.Parameter(p.to(dtype), requires_grad=False))
+
+
+def _follow_load_device(patcher, device_to, *args) -> None:
+    """After a partial (low-VRAM) load ComfyUI has moved only the weights of its own layers. The norms and
+    the rotary table are small and needed on the compute device: move every tensor not owned by an op."""
+    if device_to is None:
+        return
+    for module in patcher.model.inner.modules():
+        if hasattr(module, "comfy_cast_weights"):
+            continue
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.device != device_to:
+                module._parameters[name] = torch.nn.Parameter(p.to(device_to), requires_grad=False)
+        for name, b in list(module.named_buffers(recurse=False)):
+            if b.device != device_to:
+                module._buffers[name] = b.to(device_to)
+
+
+def wrap(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher for an engine model whose weights sit on the offload device."""
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    patcher = comfy.model_patcher.ModelPatcher(PatcherModule(model, offload_device), load_device, offload_device)
+    patcher.add_callback(CallbacksMP.ON_LOAD, _follow_load_device)
+    return patcher
+
+
+def generation_bytes(engine, rows: int, tokens: int, window: int = 1, prefill_chunk: int = 1024) -> int:
+    """Memory a generation needs besides the weights: the KV cache of `rows` streams of `tokens`, the
+    prefill's activations (one cond + one uncond stream, a chunk at a time) and the code logits."""
+    cfg, dtype = engine.config, engine.compute_dtype
+    element = torch.tensor([], dtype=dtype).element_size()
+    kv = KVCache.estimate_bytes(cfg, rows, tokens, dtype)
+    chunk = min(tokens, prefill_chunk)
+    activations = 2 * chunk * (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * element
+    logits = 4 * rows * window * engine.tokenizer.special.num_image_codes * 4
+    return kv + activations + logits
+
+
+def load_for_generation(model, rows: int, tokens: int, window: int = 1, extra=()) -> None:
+    """Make room on the GPU (evicting other models) and load the transformer, partially if it must, together
+    with `extra` patchers used while sampling (the MoVQGAN for previews)."""
+    mm.load_models_gpu([model.patcher, *extra], memory_required=generation_bytes(model.engine, rows, tokens, window))
+
+
+def load_image_tokenizer(vq, pixels: int, batch: int) -> None:
+    """Load the MoVQGAN whole (its convolutions are not ComfyUI ops); reserve its decoder activations."""
+    channels = vq.engine.config.ch * vq.engine.config.ch_mult[0]
+    mm.load_models_gpu([vq.patcher], memory_required=8 * 4 * channels * pixels * batch, force_full_load=True)

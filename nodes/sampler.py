@@ -1,0 +1,110 @@
+"""The sampler node: prompt (+ condition codes) -> code grids, with progress, previews and Cancel."""
+from __future__ import annotations
+
+import comfy.model_management as mm
+from comfy_api.latest import io
+
+from ..lumina_core import InputError, TASKS, canvas_size, generate, get_task
+from ..lumina_core.generate import plan_request
+from . import memory
+from .progress import SamplerProgress
+from .sizes import size_inputs, size_problem
+from .types import CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, TokensType
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+def _task_tooltip() -> str:
+    lines = [f"{name}: {spec.description}" for name, spec in TASKS.items()]
+    return ("What to generate. Every task but t2i paints a dual-panel canvas (two panels stacked); tasks that "
+            "start from an image need 'condition'.\n" + "\n".join(lines))
+
+
+def condition_codes(spec, condition: LuminaTokens | None, width: int, height: int, engine):
+    """The condition's codes after checking it fits this task, size and model."""
+    if condition is None:
+        if spec.needs_condition:
+            raise InputError(f"task {spec.name!r} starts from an image: connect a Lumina-mGPT 2.0 Condition Encoder "
+                             "to the sampler's 'condition' input.")
+        return None
+    if not spec.needs_condition:
+        raise InputError(f"task {spec.name!r} generates from text only: disconnect 'condition', or pick a task "
+                         "that uses one (control_*, subject, dense_*, edit).")
+    if condition.task is not None:
+        raise InputError("'condition' must come from a Condition Encoder, not from a sampler.")
+    if (condition.layout.width, condition.layout.height) != (width, height):
+        raise InputError(f"the condition was encoded at {condition.layout.width}x{condition.layout.height} but the "
+                         f"sampler makes {width}x{height} panels: set the same width and height on both nodes.")
+    if condition.num_codes != engine.tokenizer.special.num_image_codes:
+        raise InputError(f"the condition was encoded with a {condition.num_codes}-code image tokenizer but the "
+                         f"model uses {engine.tokenizer.special.num_image_codes} codes: encode it with the "
+                         "MoVQGAN that belongs to this checkpoint.")
+    return condition.codes
+
+
+class Sampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LuminaMGPT2Sampler",
+            display_name="Lumina-mGPT 2.0 Sampler",
+            category=CATEGORY,
+            description="Generates images token by token (one row of codes at a time) with classifier-free "
+                        "guidance. The output is codes: decode them with Lumina-mGPT 2.0 Decode.",
+            inputs=[
+                ModelType.Input("model", tooltip="From Lumina-mGPT 2.0 Model Loader."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="What the image shows. For dual-panel tasks, describe the image panel."),
+                io.Combo.Input("task", options=list(TASKS), default="t2i", tooltip=_task_tooltip()),
+                *size_inputs("Output", "for dual-panel tasks one panel: the canvas is twice as tall"),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="Every seed, 0 included, gives its own image, the same every time. Image i of "
+                                     "a batch uses seed + i, so it can be regenerated alone."),
+                io.Float.Input("cfg", default=4.0, min=0.0, max=20.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale. 1 turns guidance off (and skips the "
+                                       "unconditional stream, about twice as fast). Lumina-mGPT 2.0 uses 4."),
+                io.Int.Input("top_k", default=4096, min=0, max=65536,
+                             tooltip="Sample only among the k most likely codes (0 = all). Lumina-mGPT 2.0 uses 4096; "
+                                     "1 is greedy."),
+                io.Float.Input("temperature", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01,
+                               tooltip="Below 1: safer, flatter images; above 1: more varied. 0 is greedy."),
+                io.Int.Input("batch_size", default=1, min=1, max=64,
+                             tooltip="Images generated together (seed, seed+1, ...). Memory grows with it."),
+                TokensType.Input("condition", optional=True,
+                                 tooltip="Condition codes from a Condition Encoder, for tasks that start from an "
+                                         "image (control_*, subject, dense_*, edit)."),
+                ImageTokenizerType.Input("image_tokenizer", optional=True,
+                                         tooltip="Connect the MoVQGAN to see decoded previews while sampling; "
+                                                 "without it the preview shows flat colours per code."),
+            ],
+            outputs=[TokensType.Output(display_name="tokens", tooltip="The generated code grids (whole canvas), with task and "
+                                                        "seeds; connect to Lumina-mGPT 2.0 Decode.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, width: int, height: int) -> bool | str:
+        return size_problem(width, height) or True
+
+    @classmethod
+    def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
+                temperature: float, batch_size: int, condition=None, image_tokenizer=None) -> io.NodeOutput:
+        engine = model.engine
+        spec = get_task(task)
+        canvas_w, canvas_h = canvas_size(spec, width, height)
+        codes = condition_codes(spec, condition, width, height, engine)
+        # Plan first: a prompt or size the model cannot take fails before anything is loaded.
+        plan = plan_request(engine, prompt, canvas_w, canvas_h, spec, condition_codes=codes)
+        streams = batch_size * (2 if cfg != 1.0 else 1)
+        patchers = [image_tokenizer.patcher] if image_tokenizer is not None else []
+        memory.load_for_generation(model, streams, plan.total_tokens, extra=patchers)
+        progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat, batch_size,
+                                   image_tokenizer=image_tokenizer.engine if image_tokenizer is not None else None)
+        result = generate(engine, prompt, canvas_w, canvas_h, task=spec.name, seed=seed, batch_size=batch_size,
+                          cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes,
+                          progress=progress.on_rows, cancel=progress.cancel)
+        progress.finish(result.stats)
+        mm.soft_empty_cache()
+        return io.NodeOutput(LuminaTokens(codes=result.codes, layout=result.layout,
+                                          num_codes=engine.tokenizer.special.num_image_codes, task=result.task,
+                                          seeds=tuple(result.seeds), stats=result.stats))

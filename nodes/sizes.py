@@ -1,0 +1,29 @@
+"""The width/height widgets shared by the sampler and the condition encoder, and their validation."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..lumina_core import InputError
+from ..lumina_core.tasks import SIZE_MULTIPLE, check_size
+
+MAX_SIDE = 4096
+DEFAULT_SIDE = 768  # the released model's native size
+
+
+def size_inputs(what: str, hint: str) -> list:
+    return [
+        io.Int.Input(side, default=DEFAULT_SIDE, min=SIZE_MULTIPLE, max=MAX_SIDE, step=SIZE_MULTIPLE,
+                     tooltip=f"{what} {side} in pixels, a multiple of {SIZE_MULTIPLE} ({hint}).")
+        for side in ("width", "height")
+    ]
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why a size cannot be used, or None. (Sent back as a validation error before anything runs.)"""
+    if max(width, height) > MAX_SIDE:
+        return f"width and height must be at most {MAX_SIDE}, got {width}x{height}"
+    try:
+        check_size(width, height)
+    except InputError as e:
+        return str(e)
+    return None

@@ -1,0 +1,278 @@
+"""Fixtures for the pack's tests: tiny real-format checkpoints, a fake Hugging Face Hub on 127.0.0.1, and a
+real ComfyUI server (the project's own set-up: .venv + .comfy/comfyui from scripts/setup.sh) with this
+pack in its custom_nodes folder."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFY_DIR = os.environ.get("LUMINA_COMFY_DIR", os.path.join(ROOT, ".comfy", "comfyui"))
+COMFY_PYTHON = os.environ.get("LUMINA_COMFY_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
+PACK_NAME = "ComfyUI-Lumina-mGPT2"
+TINY_CHECKPOINT = "tiny-test"
+TINY_IMAGE_TOKENIZER = "tiny_movqgan.safetensors"
+TINY_CODES = 64
+TINY_MAX_POSITIONS = 20000  # room for a long generation (the interrupt test)
+EXAMPLES = os.path.join(ROOT, "example_workflows")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- tiny models
+def build_tiny_models(folder: str) -> None:
+    """A tiny transformer folder and a matching MoVQGAN, in the released formats."""
+    from safetensors.torch import save_file
+
+    from builders import tiny_checkpoint, tiny_movqgan
+    tiny_checkpoint(os.path.join(folder, TINY_CHECKPOINT), num_codes=TINY_CODES, shards=4,
+                    max_position_embeddings=TINY_MAX_POSITIONS)
+    save_file(tiny_movqgan(TINY_CODES).state_dict_for_save(), os.path.join(folder, TINY_IMAGE_TOKENIZER))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> str:
+    folder = str(tmp_path_factory.mktemp("lumina_mgpt"))
+    build_tiny_models(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------- fake Hub
+class FakeHub:
+    """Serves files the way huggingface.co's /{repo}/resolve/{revision}/{file} does (HEAD + GET, ETag,
+    X-Repo-Commit, Range), and records every request."""
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]):
+        self.repos = repos
+        self.requests: list[tuple[str, str]] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _lookup(self):
+                m = re.match(r"^/(.+?/.+?)/resolve/[^/]+/(.+)$", self.path.split("?")[0])
+                return hub.repos.get(m.group(1), {}).get(m.group(2)) if m else None
+
+            def _respond(self, with_body: bool):
+                hub.requests.append((self.command, self.path))
+                data = self._lookup()
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start = int(re.match(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-")).group(1))
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("ETag", '"%s"' % hashlib.sha256(data).hexdigest())
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(data[start:])
+
+            def do_HEAD(self):
+                self._respond(False)
+
+            def do_GET(self):
+                self._respond(True)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def downloads(self) -> list[str]:
+        return [p for method, p in self.requests if method == "GET"]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def hub_repos(tiny_models: str) -> dict[str, dict[str, bytes]]:
+    """The official repo ids, holding the tiny models in the official file layout."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = os.path.join(tiny_models, TINY_CHECKPOINT)
+    transformer = {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+    transformer["generation_config.json"] = json.dumps({"cfg": 4.0, "top_k": 4096}).encode()
+    ckpt = io.BytesIO()
+    torch.save(load_file(os.path.join(tiny_models, TINY_IMAGE_TOKENIZER)), ckpt)
+    return {"Alpha-VLLM/Lumina-mGPT-2.0": transformer, "ai-forever/MoVQGAN": {"movqgan_270M.ckpt": ckpt.getvalue()}}
+
+
+@pytest.fixture(scope="session")
+def fake_hub(tiny_models):
+    hub = FakeHub(hub_repos(tiny_models))
+    yield hub
+    hub.close()
+
+
+# --------------------------------------------------------------------------- ComfyUI server
+@dataclass
+class Run:
+    """What one prompt did: its history entry, websocket JSON events and binary (preview) frames."""
+    prompt_id: str
+    history: dict
+    events: list[dict] = field(default_factory=list)
+    frames: list[bytes] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.history["status"]["status_str"]
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [e["data"] for e in self.events if e["type"] == kind]
+
+
+class ComfyClient:
+    def __init__(self, base: str, state: str, proc, log_path: str):
+        self.base, self.state, self.proc, self.log_path = base, state, proc, log_path
+
+    def request(self, method: str, path: str, body=None, timeout: float = 60):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, method=method, data=data,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                raw = r.read()
+                return r.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            return e.code, json.loads(raw) if raw else None
+
+    def object_info(self) -> dict:
+        status, info = self.request("GET", "/object_info")
+        assert status == 200
+        return info
+
+    def queue(self, prompt: dict, client_id: str | None = None) -> tuple[int, dict]:
+        return self.request("POST", "/prompt", {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex})
+
+    def run(self, prompt: dict, timeout: float = 180, on_event=None) -> Run:
+        """Queue `prompt` and follow it on the websocket until it ends; `on_event(run, event)` sees each event."""
+        import websocket
+        client_id = uuid.uuid4().hex
+        ws = websocket.create_connection(f"{self.base.replace('http', 'ws')}/ws?clientId={client_id}", timeout=timeout)
+        try:
+            status, body = self.queue(prompt, client_id)
+            assert status == 200, body
+            run = Run(body["prompt_id"], {})
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                msg = ws.recv()
+                if isinstance(msg, bytes):
+                    run.frames.append(msg)
+                    continue
+                event = json.loads(msg)
+                run.events.append(event)
+                if on_event is not None:
+                    on_event(run, event)
+                data = event.get("data", {})
+                if data.get("prompt_id") == run.prompt_id and event["type"] in (
+                        "execution_success", "execution_error", "execution_interrupted"):
+                    break
+            else:
+                raise TimeoutError(f"prompt {run.prompt_id} did not finish in {timeout} s")
+        finally:
+            ws.close()
+        run.history = self.history(run.prompt_id)
+        return run
+
+    def history(self, prompt_id: str, timeout: float = 10) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            _, hist = self.request("GET", f"/history/{prompt_id}")
+            if hist and prompt_id in hist:
+                return hist[prompt_id]
+            time.sleep(0.05)
+        raise TimeoutError(f"no history for {prompt_id}")
+
+    def output_images(self, run: Run, node_id: str) -> list[str]:
+        """Paths of the images a SaveImage node wrote."""
+        return [os.path.join(self.state, "output", im["subfolder"], im["filename"])
+                for im in run.history["outputs"][node_id]["images"]]
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+def start_comfy(state: str, env_extra: dict | None = None, timeout: float = 120) -> ComfyClient:
+    """Start ComfyUI headless on a free loopback port with `state` as its base directory."""
+    if not os.path.isfile(os.path.join(COMFY_DIR, "main.py")) or not os.path.isfile(COMFY_PYTHON):
+        raise RuntimeError(f"no ComfyUI at {COMFY_DIR} or no {COMFY_PYTHON}: run `bash scripts/setup.sh` first")
+    os.makedirs(os.path.join(state, "custom_nodes"), exist_ok=True)
+    link = os.path.join(state, "custom_nodes", PACK_NAME)
+    if not os.path.islink(link):
+        os.symlink(ROOT, link)
+    port = free_port()
+    log_path = os.path.join(state, "server.log")
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **(env_extra or {})}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+             "--disable-auto-launch", "--disable-api-nodes", "--base-directory", state,
+             "--database-url", "sqlite:///:memory:"],
+            cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
+    client = ComfyClient(f"http://127.0.0.1:{port}", state, proc, log_path)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(client.base + "/system_stats", timeout=2)
+            return client
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                stop_comfy(client)
+                raise RuntimeError("ComfyUI did not start:\n" + client.log()[-4000:])
+            time.sleep(0.25)
+
+
+def stop_comfy(client: ComfyClient) -> None:
+    client.proc.terminate()  # only the process this fixture started
+    try:
+        client.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        client.proc.kill()
+        client.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, tiny_models, fake_hub):
+    """A ComfyUI server with the pack, the tiny models in models/lumina_mgpt (the bundled demo is listed by the
+    pack itself), and HF_ENDPOINT pointing at the fake Hub so nothing can reach the internet."""
+    state = str(tmp_path_factory.mktemp("comfy_state"))
+    models = os.path.join(state, "models", "lumina_mgpt")
+    shutil.copytree(tiny_models, models)
+    client = start_comfy(state, {"HF_ENDPOINT": fake_hub.url, "HF_HOME": os.path.join(state, "hf_home")})
+    yield client
+    stop_comfy(client)
+
+
+def load_example(name: str) -> dict:
+    with open(os.path.join(EXAMPLES, name), encoding="utf-8") as f:
+        return json.load(f)
