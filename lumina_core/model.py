@@ -120,8 +120,13 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_kv is not None:
             k_buf, v_buf = cache_kv
-            k_buf.index_copy_(2, slots, k.to(k_buf.dtype))
-            v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
+            if slots.ndim == 1:
+                k_buf.index_copy_(2, slots, k.to(k_buf.dtype))
+                v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
+            else:  # every row writes at its own slots (per-image speculative windows)
+                rows = torch.arange(B, device=slots.device)[:, None]
+                k_buf[rows, :, slots] = k.transpose(1, 2).to(k_buf.dtype)
+                v_buf[rows, :, slots] = v.transpose(1, 2).to(v_buf.dtype)
             k, v = k_buf[:, :, :kv_len], v_buf[:, :, :kv_len]
         out = self._attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
@@ -189,15 +194,16 @@ class Backbone(nn.Module):
 
 
 def decode_mask(starts: torch.Tensor, slots: torch.Tensor, kv_len: int) -> torch.Tensor:
-    """Boolean attention mask [B, 1, T, kv_len] for queries written at `slots`.
+    """Boolean attention mask [B, 1, T, kv_len] for queries written at `slots` ([T], or [B, T] per row).
 
     A query sees keys at or before its own slot that belong to its stream (slot >= starts[b]).
     A padding query sees itself, which keeps its (unused) output finite.
     """
     j = torch.arange(kv_len, device=slots.device)
-    causal = j[None, :] <= slots[:, None]                              # [T, S]
-    own = (j[None, None, :] >= starts[:, None, None]) | (j[None, None, :] == slots[None, :, None])
-    return (causal[None] & own).unsqueeze(1)
+    s = (slots if slots.ndim == 2 else slots[None, :])[..., None]    # [B or 1, T, 1]
+    causal = j <= s                                                   # [B or 1, T, S]
+    own = (j >= starts[:, None, None]) | (j == s)
+    return (causal & own).unsqueeze(1)
 
 
 class LuminaMGPT(nn.Module):
@@ -274,12 +280,13 @@ class LuminaMGPT(nn.Module):
 
     def forward_step(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, kv_len: int,
                      rows: tuple[int, int] | None = None, last_only: bool = False) -> torch.Tensor:
-        """Run `tokens` [B, T] written at cache `slots` [T]; attend over the first `kv_len` slots.
+        """Run `tokens` [B, T] written at cache `slots` ([T], or [B, T] when rows advance separately);
+        attend over the first `kv_len` slots (slots past a row's own are masked, so a larger kv_len is exact).
 
         Returns float32 logits [B, T, n] (n = rows span, or the vocabulary); [B, 1, n] with last_only.
         Graph-friendly: no host sync, shapes depend only on (B, T, kv_len).
         """
-        positions = (slots[None, :] - cache.starts[:, None]).clamp_(min=0)
+        positions = ((slots if slots.ndim == 2 else slots[None, :]) - cache.starts[:, None]).clamp_(min=0)
         mask = decode_mask(cache.starts, slots, kv_len)
         x = self.embed(tokens)
         cos, sin = self.rotary(positions, x.dtype)

@@ -16,6 +16,7 @@ STREAM_SAMPLE = 0      # the token drawn at a position (plain sampling, SJD draf
 STREAM_ACCEPT = 1      # SJD acceptance test
 STREAM_RESIDUAL = 2    # SJD resampling after a rejection
 STREAM_INIT = 3        # SJD random draft initialisation
+STREAM_DRAFT = 4       # SJD re-drafts; the image's iteration number is added, so each re-draft has fresh noise
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,8 @@ def seed_tensor(seeds, device=None) -> torch.Tensor:
 def uniform(seeds: torch.Tensor, counters: torch.Tensor, n: int, stream: int = STREAM_SAMPLE) -> torch.Tensor:
     """Uniform floats in (0, 1), shape counters.shape + (n,).
 
-    seeds: [B] int64; counters: [B] or [B, L] int64 (e.g. the token index in the image).
+    seeds: [B] int64; counters: [B] or [B, L] int64 (e.g. the token index in the image);
+    stream: an int, or an int64 tensor that broadcasts against counters (one stream per image).
     """
     key = _key(seeds.view(-1, *([1] * (counters.ndim - 1))), counters, stream)
     idx = torch.arange(n, device=counters.device, dtype=torch.long)

@@ -28,6 +28,7 @@ class DecodeStats:
     image_tokens: int = 0        # image codes produced per image
     prefill_tokens: int = 0
     seconds: float = 0.0
+    logprob: torch.Tensor | None = None  # [B] sum over codes of log p_guided(code): the likelihood score
     extra: dict = field(default_factory=dict)
 
     @property
@@ -39,8 +40,10 @@ class Session:
     """A static KV cache holding the prompt of every stream, plus the write pointer."""
 
     def __init__(self, model, plan: PromptPlan, n_images: int, use_cfg: bool, slack: int = 0,
-                 prefill_chunk: int = 1024):
+                 prefill_chunk: int = 1024, forward=None):
         self.model, self.plan, self.n_images, self.use_cfg = model, plan, n_images, use_cfg
+        # the cached-step function: model.forward_step, or a fast runner's (fast.py) with the same signature
+        self.forward = forward or model.forward_step
         self.rows = n_images * (2 if use_cfg else 1)
         prompt_len = len(plan.cond_ids)
         self.cache = KVCache.for_model(model, self.rows, prompt_len + plan.layout.generated_tokens + slack)
@@ -82,8 +85,8 @@ class Session:
             tokens = torch.cat([tokens, tokens], dim=0)
         T = tokens.shape[1]
         slots = self.cache.slots(T)
-        out = self.model.forward_step(tokens, self.cache, slots, kv_len=self.cache.length + T,
-                                      rows=code_rows, last_only=last_only)
+        out = self.forward(tokens, self.cache, slots, kv_len=self.cache.length + T, rows=code_rows,
+                           last_only=last_only)
         self.cache.length += T
         self.stats.forwards += 1
         return out
@@ -100,29 +103,51 @@ def code_counter(layout, row: int, col: int) -> int:
     return row * layout.w_lat + col
 
 
+def guidance_schedule(opts: SamplingOptions, layout) -> GuidanceSchedule:
+    return GuidanceSchedule(opts, layout.height // 32, layout.width // 32, layout.h_lat * (layout.w_lat + 1))
+
+
+def code_logprob(guided: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """log p(code) under the guided, untruncated distribution (the likelihood scorer's per-token term)."""
+    return guided.log_softmax(-1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
+
+
+def pick_codes(logits: torch.Tensor, session: Session, opts: SamplingOptions, scale, seed_t: torch.Tensor,
+               counter: torch.Tensor):
+    """One code per image from the last step's logits [rows, n_codes]: (codes [B], guided log-prob [B])."""
+    cond, uncond = session.split(logits)
+    guided = guide(cond, uncond, scale, opts.guidance_top_k)
+    scores = truncate(guided, opts)
+    noise = None if opts.greedy else rng.gumbel(seed_t, counter, scores.shape[-1])
+    codes = draw(scores, noise)
+    return codes, code_logprob(guided, codes)
+
+
 def sample_plain(model, plan: PromptPlan, special, seeds: list[int], opts: SamplingOptions,
-                 progress: ProgressFn | None = None, cancel: CancelFn | None = None):
-    """Generate the missing rows of `plan` for each seed. Returns (codes [B, gen_rows, w_lat], DecodeStats)."""
+                 progress: ProgressFn | None = None, cancel: CancelFn | None = None, forward=None):
+    """Generate the missing rows of `plan` for each seed. Returns (codes [B, gen_rows, w_lat], DecodeStats).
+
+    forward: optional cached-step function (a fast.py runner); default model.forward_step.
+    """
     opts = opts.validated()
     lay = plan.layout
     B, w, dev = len(seeds), lay.w_lat, model.device
     code_rows = special.image_rows
     t0 = time.perf_counter()
-    session = Session(model, plan, B, opts.uses_cfg)
-    schedule = GuidanceSchedule(opts, lay.height // 32, lay.width // 32, lay.h_lat * (w + 1))
+    session = Session(model, plan, B, opts.uses_cfg, forward=forward)
+    schedule = guidance_schedule(opts, lay)
     seed_t = rng.seed_tensor(seeds, dev)
     out = torch.empty(B, lay.gen_rows, w, dtype=torch.long, device=dev)
+    logprob = torch.zeros(B, dtype=torch.float32, device=dev)
     row_end = torch.full((B, 1), special.row_end, dtype=torch.long, device=dev)
     with torch.inference_mode():
         logits = session.prefill(code_rows)
         for r in range(lay.gen_rows):
             row = lay.prefix_rows + r
             for c in range(w):
-                cond, uncond = session.split(logits)
-                scores = truncate(guide(cond, uncond, schedule.at(row * (w + 1) + c), opts.guidance_top_k), opts)
                 counter = torch.full((B,), code_counter(lay, row, c), dtype=torch.long, device=dev)
-                noise = None if opts.greedy else rng.gumbel(seed_t, counter, scores.shape[-1])
-                codes = draw(scores, noise)
+                codes, lp = pick_codes(logits, session, opts, schedule.at(row * (w + 1) + c), seed_t, counter)
+                logprob += lp
                 out[:, r, c] = codes
                 if r == lay.gen_rows - 1 and c == w - 1:
                     break  # the rest (row end, end of image) is structural
@@ -135,5 +160,6 @@ def sample_plain(model, plan: PromptPlan, special, seeds: list[int], opts: Sampl
             if cancel is not None and cancel():
                 raise GenerationCancelled(f"stopped after {r + 1} of {lay.gen_rows} rows")
     session.stats.image_tokens = lay.gen_rows * w
+    session.stats.logprob = logprob
     session.stats.seconds = time.perf_counter() - t0
     return out, session.stats

@@ -1,0 +1,263 @@
+"""Speculative Jacobi decoding (SJD): several image tokens per forward, same distribution as plain sampling.
+
+Each iteration feeds, per image, a window of L tokens: the last finalised token and L-1 drafts. One
+batched-CFG forward gives the target distribution p at the L positions after it. Drafts are checked left
+to right: draft x (drawn from q) is kept with probability min(1, p(x)/q(x)); at the first rejection the
+position is resampled from norm(max(0, p - q)), which makes every kept token an exact sample of p
+(Leviathan et al. / Chen et al. speculative sampling). If every draft is kept, the last output gives
+one more exact sample. The KV entries of rejected drafts are simply not counted (the next window
+overwrites them; until then the causal mask hides them). The window's other samples, drawn from p
+computed on a partly wrong context, become the next drafts with that p as their q (the Jacobi update);
+new positions start from a uniform random code, or with init="spatial" from the code one row above
+(a deterministic guess, so q is one-hot there).
+
+Row ends are structural: a window may cross them, their "draft" is the row-end token and is always
+kept, and they consume no randomness. The final row end and the end-of-image token are never fed.
+
+Batches: every image advances by its own accepted count; rows of the KV cache write at their own slots
+(forward_step with per-row slots). A batch therefore costs max over images of their iteration
+counts, and finished images ride along as padding until the slowest one ends. In exchange an image's
+tokens depend only on its seed (every random draw is keyed by seed, token index and stream, rng.py),
+never on its batch mates, so candidate i of a batch can be regenerated alone.
+
+mode="upstream" reproduces upstream's port (not lossless): random drafts count as one-hot (accepted
+with probability p(x)), and a rejected position is resampled from p re-truncated, not from the
+residual. Combine with top_n_sigma=1 to match its sampling as well.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import rng
+from .errors import GenerationCancelled, InputError
+from .logits import SamplingOptions, draw, guide, truncate
+from .sampler import CancelFn, ProgressFn, Session, code_logprob, guidance_schedule, pick_codes
+from .tasks import PromptPlan
+
+INITS = ("random", "spatial")
+MODES = ("exact", "upstream")
+
+
+@dataclass(frozen=True)
+class SJDecoder:
+    """Decoding strategy for `generate(..., decoder=SJDecoder())`.
+
+    window: tokens per forward (1 last token + window-1 drafts); 16 as upstream.
+    init: "random" (uniform codes) or "spatial" (the code one row above when it is known).
+    mode: "exact" (lossless) or "upstream" (upstream's acceptance/resampling, not lossless).
+    forward: optional cached-step function (a fast.py runner); default model.forward_step.
+    """
+    window: int = 16
+    init: str = "random"
+    mode: str = "exact"
+    forward: object = None
+
+    def __post_init__(self):
+        if self.window < 2:
+            raise InputError(f"SJD window must be >= 2 (1 known token + drafts), got {self.window}")
+        if self.init not in INITS:
+            raise InputError(f"SJD init must be one of {INITS}, got {self.init!r}")
+        if self.mode not in MODES:
+            raise InputError(f"SJD mode must be one of {MODES}, got {self.mode!r}")
+
+    def sample(self, model, plan: PromptPlan, special, seeds: list[int], opts: SamplingOptions,
+               progress: ProgressFn | None = None, cancel: CancelFn | None = None):
+        return _JacobiRun(self, model, plan, special, seeds, opts.validated()).run(progress, cancel)
+
+
+class _JacobiRun:
+    """One SJD generation. Body positions i = 0..N-1 follow the prompt (row ends included, the final
+    row end excluded); `done[b]` of them are final for image b, all but the last one are in the cache."""
+
+    def __init__(self, cfg: SJDecoder, model, plan, special, seeds, opts):
+        self.cfg, self.model, self.special, self.opts = cfg, model, special, opts
+        lay = self.layout = plan.layout
+        dev = self.dev = model.device
+        self.B, self.L, self.w = len(seeds), cfg.window, lay.w_lat
+        self.N = lay.gen_rows * (self.w + 1) - 1
+        self.session = Session(model, plan, self.B, opts.uses_cfg, slack=self.L, forward=cfg.forward)
+        self.seed_t = rng.seed_tensor(seeds, dev)
+        self.code_rows = special.image_rows
+        self.V = special.num_image_codes
+        # per-position tables, padded by L so a window near the end can index past N
+        i0 = lay.prefix_rows * (self.w + 1)
+        absolute = torch.arange(i0, i0 + self.N + self.L, device=dev)
+        row, col = absolute // (self.w + 1), absolute % (self.w + 1)
+        self.structural = (col == self.w) | (absolute >= i0 + self.N)
+        self.counter = row * self.w + col
+        schedule = guidance_schedule(opts, lay)
+        self.scale = schedule.at(absolute.clamp(max=lay.h_lat * (self.w + 1) - 1)) if schedule.values is not None \
+            else opts.cfg
+        # body tokens as ids; the condition rows above stay available for the spatial init
+        self.prefix = plan.cond_ids[len(plan.cond_ids) - i0:] if i0 else []
+        self.tokens = torch.full((self.B, self.N + self.L), special.row_end, dtype=torch.long, device=dev)
+
+    # ----------------------------------------------------------------- helpers
+    def _at(self, table, pos):
+        """Per-position table entries at body positions pos [B, k] (float scale passes through)."""
+        return table[pos] if isinstance(table, torch.Tensor) else table
+
+    def _scores(self, logits, pos):
+        """Window logits [rows, L, V] -> guided [B, L, V] and truncated scores [B, L, V]."""
+        cond, uncond = self.session.split(logits)
+        guided = guide(cond, uncond, self._at(self.scale, pos), self.opts.guidance_top_k)
+        return guided, truncate(guided, self.opts)
+
+    def _init_drafts(self, pos, done):
+        """Fresh drafts at positions pos [B, k]: (codes, q) with q [B, k, V] the law they were drawn from."""
+        B, k = pos.shape
+        noise = rng.gumbel(self.seed_t, self.counter[pos], self.V, rng.STREAM_INIT)
+        codes = noise.argmax(-1)
+        one_hot_q = self.cfg.mode == "upstream"  # upstream treats its random drafts as certain
+        q = torch.full((B, k, self.V), 1.0 / self.V, device=self.dev)
+        if self.cfg.init == "spatial":
+            above = pos - (self.w + 1)
+            known = (above >= 0) & (above < done[:, None])
+            above_codes = self.tokens.gather(1, above.clamp(min=0)) - self.special.image_code_start
+            if self.prefix:  # above the first generated row: the condition's last row
+                cond_row = torch.tensor(self.prefix[-(self.w + 1):-1], device=self.dev) - self.special.image_code_start
+                from_prefix = (above < 0) & (above >= -(self.w + 1))
+                above_codes = torch.where(from_prefix, cond_row[(above + self.w + 1).clamp(0, self.w - 1)],
+                                          above_codes)
+                known = known | from_prefix
+            known = known & ~self.structural[pos] & ~self.structural[(above).clamp(min=0)]
+            codes = torch.where(known, above_codes.clamp(0, self.V - 1), codes)
+            one_hot = torch.nn.functional.one_hot(codes, self.V).float()
+            q = torch.where(known[..., None], one_hot, q)
+        if one_hot_q:
+            q = torch.nn.functional.one_hot(codes, self.V).float()
+        return codes, q
+
+    def _redraw(self, scores, pos, iteration):
+        """Jacobi update: draw each position from its current p; returns (codes, q=p)."""
+        p = scores.softmax(-1)
+        if self.opts.greedy:
+            return scores.argmax(-1), p
+        noise = rng.gumbel(self.seed_t, self.counter[pos], self.V, rng.STREAM_DRAFT + iteration[:, None])
+        return draw(scores, noise), p
+
+    def _accept(self, scores, p, drafts, q, pos):
+        """Keep mask [B, L-1] for drafts at positions pos [B, L-1] against the window's p."""
+        if self.opts.greedy:
+            ok = drafts == scores.argmax(-1)
+        else:
+            px = p.gather(-1, drafts[..., None])[..., 0]
+            qx = q.gather(-1, drafts[..., None])[..., 0]
+            u = rng.uniform(self.seed_t, self.counter[pos], 1, rng.STREAM_ACCEPT)[..., 0]
+            ok = u * qx < px          # u < p/q without dividing by a tiny q
+        return ok | self.structural[pos]
+
+    def _correct(self, scores, p, q, pos, rejected):
+        """The token at the first unkept position: residual sample after a rejection, else a fresh
+        sample of p (all drafts kept). scores/p/q: [B, V] at that position; pos: [B]."""
+        if self.opts.greedy:
+            return scores.argmax(-1)
+        fresh = draw(scores, rng.gumbel(self.seed_t, self.counter[pos], self.V, rng.STREAM_SAMPLE))
+        if self.cfg.mode == "upstream":
+            resid_scores = truncate(p.log(), self.opts)
+        else:
+            resid = (p - q).clamp(min=0)
+            empty = resid.sum(-1, keepdim=True) <= 0          # p == q: nothing to correct, sample p
+            resid_scores = torch.where(empty, p, resid).log()
+        resampled = draw(resid_scores, rng.gumbel(self.seed_t, self.counter[pos], self.V, rng.STREAM_RESIDUAL))
+        return torch.where(rejected, resampled, fresh)
+
+    def _forward(self, tokens, fed):
+        """One batched-CFG window forward; rows write at base + fed[b] + 0..L-1."""
+        s = self.session
+        slots = self.base + fed[:, None] + torch.arange(self.L, device=self.dev)
+        if s.use_cfg:
+            tokens, slots = torch.cat([tokens, tokens]), torch.cat([slots, slots])
+        kv_len = self.base + int(self.fed_max) + self.L
+        s.cache.length = kv_len
+        s.stats.forwards += 1
+        return s.forward(tokens, s.cache, slots, kv_len=kv_len, rows=self.code_rows)
+
+    # ----------------------------------------------------------------- loop
+    def run(self, progress, cancel):
+        t0 = time.perf_counter()
+        B, L, N, w, dev = self.B, self.L, self.N, self.w, self.dev
+        ar = torch.arange(L, device=dev)
+        arB = torch.arange(B, device=dev)
+        logprob = torch.zeros(B, device=dev)
+        iters = torch.zeros(B, dtype=torch.long, device=dev)
+        with torch.inference_mode():
+            logits = self.session.prefill(self.code_rows)
+            self.base = self.session.cache.length
+            counter0 = self.counter[torch.zeros(B, dtype=torch.long, device=dev)]
+            first, lp = pick_codes(logits, self.session, self.opts, self._at(self.scale, 0), self.seed_t, counter0)
+            self.tokens[:, 0] = first + self.special.image_code_start
+            logprob += lp
+            done = torch.ones(B, dtype=torch.long, device=dev)     # final positions per image
+            fed = torch.zeros(B, dtype=torch.long, device=dev)     # of which in the cache
+            drafts, q = self._init_drafts(done[:, None] + ar[:-1], done)
+            rows_reported, done_host = 0, [1] * B
+            while min(done_host) < N:
+                self.fed_max = max(d - 1 for d in done_host)
+                active = done < N
+                draft_pos = done[:, None] + ar[:-1]                               # [B, L-1]
+                draft_ids = torch.where(self.structural[draft_pos], self.special.row_end,
+                                        drafts + self.special.image_code_start)
+                last = self.tokens.gather(1, (done - 1)[:, None])
+                logits = self._forward(torch.cat([last, draft_ids], 1), fed)
+                out_pos = done[:, None] + ar                                        # [B, L]
+                guided, scores = self._scores(logits, out_pos)
+                p = scores.softmax(-1)
+                keep = self._accept(scores[:, :-1], p[:, :-1], drafts, q, draft_pos) & (draft_pos < N)
+                k = keep.long().cumprod(1).sum(1)                                   # kept drafts
+                # the token after the kept drafts (if the image is not complete)
+                kq = torch.cat([q, q[:, :1]], 1)[arB, k]                             # q at k (unused if k=L-1)
+                new = self._correct(scores[arB, k], p[arB, k], kq, out_pos[arB, k], k < L - 1)
+                new_ids = torch.where(self.structural[out_pos[arB, k]], self.special.row_end,
+                                      new + self.special.image_code_start)
+                has_new = active & (done + k < N)
+                # write kept drafts and the new token; add their guided log-probs (their context is final)
+                final = (ar[None, :] <= k[:, None]) & (ar[None, :] < (k + has_new.long())[:, None])
+                final &= active[:, None]
+                window_ids = torch.cat([draft_ids, new_ids[:, None]], 1)
+                window_ids = torch.where(ar[None, :] == k[:, None], new_ids[:, None], window_ids)
+                window_ids = window_ids[:, :L]
+                write_pos = torch.where(final, out_pos, self.tokens.shape[1] - 1)
+                self.tokens.scatter_(1, write_pos, torch.where(final, window_ids, self.special.row_end))
+                code_ids = (window_ids - self.special.image_code_start).clamp(0, self.V - 1)
+                is_code = final & ~self.structural[out_pos]
+                logprob += (code_logprob(guided, code_ids) * is_code).sum(1)
+                # advance; carry the window's other samples as the next drafts
+                n_new = torch.where(active, k + has_new.long(), 0)
+                fed = torch.where(active, fed + 1 + k, fed)
+                iters += active.long()
+                redrawn, p_now = self._redraw(scores, out_pos, iters)
+                done = done + n_new
+                nxt = done[:, None] + ar[:-1]                                       # next draft positions
+                src = (nxt - out_pos[:, :1]).clamp(max=L - 1)                      # their window output index
+                carried = (nxt - out_pos[:, :1]) <= L - 1
+                fresh_codes, fresh_q = self._init_drafts(nxt.clamp(max=N + L - 1), done)
+                drafts = torch.where(carried, redrawn.gather(1, src), fresh_codes)
+                q = torch.where(carried[..., None], p_now.gather(1, src[..., None].expand(-1, -1, self.V)), fresh_q)
+                done_host = done.tolist()
+                rows_reported = self._report(progress, cancel, min(done_host), rows_reported)
+        stats = self.session.stats
+        stats.image_tokens = self.layout.gen_rows * w
+        stats.logprob = logprob
+        stats.seconds = time.perf_counter() - t0
+        stats.extra["image_forwards"] = iters.tolist()
+        stats.extra["window"] = L
+        return self._codes(), stats
+
+    def _codes(self):
+        body = self.tokens[:, : self.N + 1].clone()
+        body[:, self.N] = self.special.row_end
+        return body.view(self.B, self.layout.gen_rows, self.w + 1)[..., : self.w] - self.special.image_code_start
+
+    def _report(self, progress, cancel, min_done, reported):
+        rows = min(self.layout.gen_rows, (min_done + 1) // (self.w + 1))
+        if rows == reported:
+            return reported
+        if progress is not None:
+            progress(rows, self.layout.gen_rows, self._codes()[:, :rows])
+        if cancel is not None and cancel():
+            raise GenerationCancelled(f"stopped after {rows} of {self.layout.gen_rows} rows")
+        return rows
