@@ -9,8 +9,10 @@ from ..lumina_core.image_prep import prepare_condition, signed_to_unit_bhwc
 from ..lumina_core import preprocess as maps
 from ..lumina_core.tasks import ImageLayout
 from . import memory
-from .sizes import size_inputs, size_problem
+from .validation import choice_problem, first_problem, size_inputs, size_problem
 from .types import CATEGORY, ImageTokenizerType, LuminaTokens, TokensType
+
+CANNY_MAX = 1000
 
 
 class ConditionEncoder(io.ComfyNode):
@@ -33,9 +35,9 @@ class ConditionEncoder(io.ComfyNode):
                                        "subject photo). canny: white-on-black Canny edges (OpenCV), for "
                                        "control_canny."),
                 *size_inputs("Panel", "same value as on the sampler"),
-                io.Int.Input("canny_low", default=100, min=0, max=1000,
+                io.Int.Input("canny_low", default=100, min=0, max=CANNY_MAX,
                              tooltip="Canny lower hysteresis threshold (only used by canny)."),
-                io.Int.Input("canny_high", default=200, min=0, max=1000,
+                io.Int.Input("canny_high", default=200, min=0, max=CANNY_MAX,
                              tooltip="Canny upper hysteresis threshold (only used by canny)."),
             ],
             outputs=[
@@ -47,10 +49,11 @@ class ConditionEncoder(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width: int, height: int, canny_low: int, canny_high: int) -> bool | str:
-        if canny_low > canny_high:
-            return f"canny_low ({canny_low}) must not exceed canny_high ({canny_high})"
-        return size_problem(width, height) or True
+    def validate_inputs(cls, preprocess: str, width: int, height: int, canny_low: int, canny_high: int) -> bool | str:
+        thresholds = None if 0 <= canny_low <= canny_high <= CANNY_MAX else \
+            f"canny thresholds need 0 <= canny_low <= canny_high <= {CANNY_MAX}, got {canny_low} and {canny_high}"
+        return first_problem(choice_problem("preprocess", preprocess, maps.PREPROCESSORS),
+                             size_problem(width, height), thresholds)
 
     @classmethod
     def execute(cls, image_tokenizer, image, preprocess: str, width: int, height: int, canny_low: int,

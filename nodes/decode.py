@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..lumina_core import InputError, crop_codes, decode_images
 from . import memory
 from .types import CATEGORY, ImageTokenizerType, TokensType
+from .validation import choice_problem, first_problem
 
 PANELS = ("output", "other panel", "full canvas")
 OTHER = {"upper": "lower", "lower": "upper", "full": "full"}
@@ -19,7 +20,9 @@ def panel_of(tokens, choice: str) -> str:
 
 
 class Decode(io.ComfyNode):
-    DECODE_BATCH = 4
+    # One image per decoder call: batched convolutions can round differently, and a seed must give the same
+    # pixels whatever the batch size. Each image alone is large enough to keep a GPU busy.
+    DECODE_BATCH = 1
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -41,6 +44,10 @@ class Decode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, panel: str) -> bool | str:
+        return first_problem(choice_problem("panel", panel, PANELS))
+
+    @classmethod
     def execute(cls, tokens, image_tokenizer, panel: str) -> io.NodeOutput:
         vq = image_tokenizer.engine
         if tokens.num_codes != vq.num_codes:
@@ -48,7 +55,6 @@ class Decode(io.ComfyNode):
                              f"{vq.num_codes} codes: use the MoVQGAN that belongs to the model.")
         codes = crop_codes(tokens.codes, panel_of(tokens, panel))
         f = vq.downsample_factor
-        memory.load_image_tokenizer(image_tokenizer, codes.shape[-2] * codes.shape[-1] * f * f,
-                                    min(cls.DECODE_BATCH, codes.shape[0]))
+        memory.load_image_tokenizer(image_tokenizer, codes.shape[-2] * codes.shape[-1] * f * f, cls.DECODE_BATCH)
         images = decode_images(vq, codes, batch=cls.DECODE_BATCH)
         return io.NodeOutput(images.to(mm.intermediate_device()))

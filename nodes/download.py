@@ -10,8 +10,9 @@ from comfy_api.latest import io
 from ..lumina_core.download import OFFICIAL, download
 from .loaders import model_folders
 from .types import CATEGORY
+from .validation import choice_problem, first_problem
 
-MB = 1 << 20
+KIB = 1 << 10  # progress unit: fine enough for small files, small numbers for 16 GB
 
 
 class Download(io.ComfyNode):
@@ -35,6 +36,10 @@ class Download(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, checkpoint: str) -> bool | str:
+        return first_problem(choice_problem("checkpoint", checkpoint, OFFICIAL))
+
+    @classmethod
     def fingerprint_inputs(cls, checkpoint: str):
         return float("nan")  # never cached: a rerun checks the files on disk (cheap when they are complete)
 
@@ -43,7 +48,7 @@ class Download(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(1)
 
         def progress(done: int, total: int, filename: str) -> None:
-            pbar.update_absolute(done // MB, max(1, total // MB))
+            pbar.update_absolute(done // KIB, max(1, total // KIB))
 
         path = download(checkpoint, model_folders()[0], progress=progress,
                         cancel=mm.throw_exception_if_processing_interrupted)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
@@ -11,6 +12,7 @@ from ..lumina_core.model import ATTENTION_BACKENDS
 from ..lumina_core.model_files import list_image_tokenizers, list_transformers, resolve
 from . import memory
 from .types import CATEGORY, ImageTokenizer, ImageTokenizerType, LuminaModel, ModelType
+from .validation import choice_problem, first_problem
 
 FOLDER_KEY = "lumina_mgpt"
 folder_paths.add_model_folder_path(FOLDER_KEY, os.path.join(folder_paths.models_dir, FOLDER_KEY))
@@ -52,11 +54,17 @@ class ModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, checkpoint: str, dtype: str, attention: str) -> bool | str:
+        return first_problem(choice_problem("checkpoint", checkpoint, list_transformers(model_folders())),
+                             choice_problem("dtype", dtype, ["auto", *memory.DTYPES]),
+                             choice_problem("attention", attention, ATTENTION_BACKENDS))
+
+    @classmethod
     def execute(cls, checkpoint: str, dtype: str, attention: str) -> io.NodeOutput:
         folder = resolve(checkpoint, list_transformers(model_folders()), "checkpoint", model_folders())
-        load_device = memory.mm.get_torch_device()
+        load_device = mm.get_torch_device()
         weight, compute = memory.pick_dtypes(dtype, load_device, _weights_bytes(folder) // 2)
-        engine = LuminaMGPT.from_pretrained(folder, dtype=weight, device=memory.mm.unet_offload_device(),
+        engine = LuminaMGPT.from_pretrained(folder, dtype=weight, device=mm.unet_offload_device(),
                                             operations=memory.operations_for(weight, compute), attention=attention)
         if engine.tokenizer is None:
             raise CheckpointError(f"{folder} has no tokenizer.json; copy the checkpoint's tokenizer.json and "
@@ -85,7 +93,12 @@ class ImageTokenizerLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, image_tokenizer: str) -> bool | str:
+        return first_problem(choice_problem("image_tokenizer", image_tokenizer,
+                                            list_image_tokenizers(model_folders())))
+
+    @classmethod
     def execute(cls, image_tokenizer: str) -> io.NodeOutput:
         path = resolve(image_tokenizer, list_image_tokenizers(model_folders()), "image tokenizer", model_folders())
-        vq = MoVQGAN.from_file(path, device=memory.mm.unet_offload_device())
+        vq = MoVQGAN.from_file(path, device=mm.unet_offload_device())
         return io.NodeOutput(ImageTokenizer(memory.wrap(vq), image_tokenizer))

@@ -8,7 +8,7 @@ from ..lumina_core import InputError, TASKS, canvas_size, generate, get_task
 from ..lumina_core.generate import plan_request
 from . import memory
 from .progress import SamplerProgress
-from .sizes import size_inputs, size_problem
+from .validation import choice_problem, first_problem, size_inputs, size_problem
 from .types import CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, TokensType
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -83,8 +83,8 @@ class Sampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width: int, height: int) -> bool | str:
-        return size_problem(width, height) or True
+    def validate_inputs(cls, task: str, width: int, height: int) -> bool | str:
+        return first_problem(choice_problem("task", task, TASKS), size_problem(width, height))
 
     @classmethod
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,

@@ -232,7 +232,8 @@ def start_comfy(state: str, env_extra: dict | None = None, timeout: float = 120)
         os.symlink(ROOT, link)
     port = free_port()
     log_path = os.path.join(state, "server.log")
-    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **(env_extra or {})}
+    # One torch thread: on a shared 2-core box, tiny models run ~20x faster than with contended threads.
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),

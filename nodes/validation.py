@@ -1,4 +1,7 @@
-"""The width/height widgets shared by the sampler and the condition encoder, and their validation."""
+"""Input checks that run when a prompt is queued (failures come back as HTTP 400 with node_errors), and the
+width/height widgets they check.
+
+ComfyUI 0.3.75 does not check V3 combo values against their options, so every node checks its own."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -27,3 +30,15 @@ def size_problem(width: int, height: int) -> str | None:
     except InputError as e:
         return str(e)
     return None
+
+
+def choice_problem(name: str, value, options) -> str | None:
+    if value in options:
+        return None
+    listed = ", ".join(map(str, options)) or "nothing (see the tooltip for where files go)"
+    return f"{name} {value!r} is not available; choose one of: {listed}"
+
+
+def first_problem(*problems: str | None) -> bool | str:
+    """validate_inputs' return value: True, or the first problem found."""
+    return next((p for p in problems if p), True)

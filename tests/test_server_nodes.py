@@ -1,0 +1,200 @@
+"""The pack inside a real ComfyUI server, driven over HTTP and the websocket like any client."""
+import os
+import struct
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_CHECKPOINT, TINY_IMAGE_TOKENIZER
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+NODE_IDS = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "LuminaMGPT2ConditionEncoder",
+            "LuminaMGPT2Sampler", "LuminaMGPT2SJDSettings", "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest",
+            "LuminaMGPT2Decode", "LuminaMGPT2Download"]
+
+
+def t2i(seed=0, size=64, batch=1, prefix="t2i", prompt="a red circle", preview=True, **sampler):
+    """API-format prompt on the tiny models: load, sample, decode, save."""
+    sampler_inputs = {"model": ["1", 0], "prompt": prompt, "task": "t2i", "width": size, "height": size,
+                      "seed": seed, "cfg": 4.0, "top_k": 4096, "temperature": 1.0, "batch_size": batch, **sampler}
+    if preview:
+        sampler_inputs["image_tokenizer"] = ["2", 0]
+    return {
+        "1": {"class_type": "LuminaMGPT2ModelLoader",
+              "inputs": {"checkpoint": TINY_CHECKPOINT, "dtype": "auto", "attention": "sdpa"}},
+        "2": {"class_type": "LuminaMGPT2ImageTokenizerLoader", "inputs": {"image_tokenizer": TINY_IMAGE_TOKENIZER}},
+        "3": {"class_type": "LuminaMGPT2Sampler", "inputs": sampler_inputs},
+        "4": {"class_type": "LuminaMGPT2Decode",
+              "inputs": {"tokens": ["3", 0], "image_tokenizer": ["2", 0], "panel": "output"}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": prefix}},
+    }
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def executed_nodes(run) -> set:
+    return {e["node"] for e in run.of_type("executing") if e.get("node")}
+
+
+def test_object_info_lists_every_node_with_inputs_and_tooltips(comfy):
+    info = comfy.object_info()
+    for node_id in NODE_IDS:
+        assert node_id in info, f"{node_id} missing from /object_info (see the server log for an import error)"
+        node = info[node_id]
+        assert node["category"].startswith("Lumina-mGPT")
+        assert node["description"]
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert all(node["output_tooltips"]), f"{node_id} has an output without a tooltip"
+    sampler = info["LuminaMGPT2Sampler"]
+    assert sampler["input_order"]["required"] == ["model", "prompt", "task", "width", "height", "seed", "cfg",
+                                                  "top_k", "temperature", "batch_size"]
+    assert "control_canny" in sampler["input"]["required"]["task"][1]["options"]
+    loader = info["LuminaMGPT2ModelLoader"]["input"]["required"]["checkpoint"][1]["options"]
+    assert TINY_CHECKPOINT in loader
+    vq = info["LuminaMGPT2ImageTokenizerLoader"]["input"]["required"]["image_tokenizer"][1]["options"]
+    assert TINY_IMAGE_TOKENIZER in vq
+    # the tiny transformer's shards sit in a checkpoint folder and are not offered as image tokenizers
+    assert not any(name.startswith("model-") for name in vq)
+
+
+def test_run_saves_png_with_progress_previews_and_stats(comfy):
+    run = comfy.run(t2i(seed=11, prefix="events"))
+    assert run.status == "success", run.history["status"]
+    (png,) = comfy.output_images(run, "5")
+    assert Image.open(png).size == (64, 64)
+    progress = [p for p in run.of_type("progress") if p["node"] == "3"]
+    assert [p["value"] for p in progress] == list(range(1, 9)) and progress[-1]["max"] == 8  # one per token row
+    # binary preview frames: event type 1 (PREVIEW_IMAGE) + image type 1 (JPEG) + a JPEG
+    previews = [f for f in run.frames if struct.unpack(">II", f[:8]) == (1, 1)]
+    assert previews and all(f[8:10] == b"\xff\xd8" for f in previews)
+    stats = [s for s in run.of_type("lumina_mgpt2.stats") if s["node"] == "3"]
+    assert [s["rows"] for s in stats] == list(range(1, 9)) + [8]
+    assert stats[-1]["done"] and stats[-1]["tokens_per_forward"] == pytest.approx(64 / 63)
+    assert all(s["tokens_per_s"] > 0 for s in stats)
+
+
+def test_identical_rerun_is_cached_and_new_seed_changes_the_image(comfy):
+    first = comfy.run(t2i(seed=21, prefix="cache"))
+    again = comfy.run(t2i(seed=21, prefix="cache"))
+    assert again.status == "success"
+    cached = set(again.of_type("execution_cached")[0]["nodes"])
+    assert {"1", "2", "3", "4", "5"} <= cached and not executed_nodes(again) & {"3"}
+    other = comfy.run(t2i(seed=22, prefix="cache"))
+    assert "3" in executed_nodes(other)
+    a, b = pixels(comfy.output_images(first, "5")[0]), pixels(comfy.output_images(other, "5")[0])
+    assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_image_i_of_a_batch_equals_seed_plus_i_alone(comfy):
+    alone = comfy.run(t2i(seed=31, prefix="alone", preview=False))
+    batch = comfy.run(t2i(seed=30, batch=3, prefix="batch", preview=False))
+    images = comfy.output_images(batch, "5")
+    assert len(images) == 3
+    assert np.array_equal(pixels(images[1]), pixels(comfy.output_images(alone, "5")[0]))
+    assert not np.array_equal(pixels(images[0]), pixels(images[1]))
+
+
+def test_seed_zero_is_a_real_seed(comfy):
+    """Seed 0 must not mean 'random': the same image alone and as image 0 of a batch."""
+    alone = comfy.run(t2i(seed=0, prefix="zero", preview=False))
+    batch = comfy.run(t2i(seed=0, batch=2, prefix="zero_batch", preview=False))
+    first, second = (pixels(p) for p in comfy.output_images(batch, "5"))
+    assert np.array_equal(pixels(comfy.output_images(alone, "5")[0]), first)
+    assert not np.array_equal(first, second)
+
+
+def test_bad_size_is_http_400_with_node_errors(comfy):
+    status, body = comfy.queue(t2i(size=100))
+    assert status == 400
+    errors = body["node_errors"]["3"]["errors"]
+    assert errors[0]["type"] == "custom_validation_failed"
+    assert "multiple of 32" in errors[0]["details"] and "96 or 128" in errors[0]["details"]
+
+
+def test_unknown_checkpoint_is_http_400(comfy):
+    prompt = t2i()
+    prompt["1"]["inputs"]["checkpoint"] = "../../etc"
+    status, body = comfy.queue(prompt)
+    assert status == 400
+    error = body["node_errors"]["1"]["errors"][0]
+    assert error["type"] == "custom_validation_failed" and "not available" in error["details"]
+
+
+def test_runtime_error_is_reported_and_server_keeps_serving(comfy):
+    run = comfy.run(t2i(size=1280, prefix="too_big"))  # 25764 positions > the tiny model's 20000
+    assert run.status == "error"
+    (error,) = run.of_type("execution_error")
+    assert error["node_type"] == "LuminaMGPT2Sampler" and error["exception_type"].endswith("InputError")
+    assert "Use a smaller size" in error["exception_message"]
+    assert comfy.run(t2i(seed=41, prefix="after_error")).status == "success"
+
+
+def test_condition_flow_and_size_mismatch_error(comfy):
+    prompt = t2i(seed=51, prefix="control")
+    prompt["6"] = {"class_type": "LuminaMGPT2ConditionEncoder",
+                   "inputs": {"image_tokenizer": ["2", 0], "image": ["4", 0], "preprocess": "canny",
+                              "width": 64, "height": 64, "canny_low": 100, "canny_high": 200}}
+    prompt["7"] = {"class_type": "LuminaMGPT2Sampler",
+                   "inputs": {**prompt["3"]["inputs"], "task": "control_canny", "condition": ["6", 0]}}
+    prompt["8"] = {"class_type": "LuminaMGPT2Decode",
+                   "inputs": {"tokens": ["7", 0], "image_tokenizer": ["2", 0], "panel": "full canvas"}}
+    prompt["9"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "control_full"}}
+    run = comfy.run(prompt)
+    assert run.status == "success", run.of_type("execution_error")
+    assert Image.open(comfy.output_images(run, "9")[0]).size == (64, 128)
+    prompt["7"]["inputs"]["width"] = 96
+    run = comfy.run(prompt)
+    (error,) = run.of_type("execution_error")
+    assert "encoded at 64x64" in error["exception_message"] and "96x64" in error["exception_message"]
+
+
+def test_interrupt_stops_a_long_generation_within_a_row(comfy):
+    """1024x1024 on the tiny model: 128 rows of 128 codes, far longer than the wait for the first rows."""
+    seen = {}
+
+    def interrupt_after_two_rows(run, event):
+        if event["type"] == "progress" and event["data"]["node"] == "3" and event["data"]["value"] >= 2 \
+                and "at" not in seen:
+            seen["at"] = event["data"]["value"]
+            threading.Thread(target=comfy.request, args=("POST", "/interrupt")).start()
+
+    run = comfy.run(t2i(size=1024, seed=61, prefix="interrupted", preview=False),
+                    on_event=interrupt_after_two_rows, timeout=300)
+    assert run.status == "error"
+    (stopped,) = run.of_type("execution_interrupted")
+    assert stopped["node_type"] == "LuminaMGPT2Sampler"
+    last = max(p["value"] for p in run.of_type("progress") if p["node"] == "3")
+    assert last < 128 and last <= seen["at"] + 2, (seen, last)
+    assert comfy.run(t2i(seed=62, prefix="after_interrupt")).status == "success"
+
+
+def download(name):
+    return {"class_type": "LuminaMGPT2Download", "inputs": {"checkpoint": name}}
+
+
+def test_download_node_fetches_official_layout_from_the_fake_hub(comfy, fake_hub):
+    run = comfy.run({"1": download("Lumina-mGPT-2.0 (text-to-image)"), "2": download("MoVQGAN 270M (image tokenizer)")})
+    assert run.status == "success", run.of_type("execution_error")
+    folder = os.path.join(comfy.state, "models", "lumina_mgpt", "Lumina-mGPT-2.0")
+    assert sorted(f for f in os.listdir(folder) if not f.startswith(".")) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+         "tokenizer_config.json"] + [f"model-{i:05d}-of-00004.safetensors" for i in range(1, 5)])
+    assert [p["value"] == p["max"] for p in run.of_type("progress") if p["node"] == "1"][-1]
+    # the downloaded files are offered by the loaders and generate an image
+    info = comfy.object_info()
+    assert "Lumina-mGPT-2.0" in info["LuminaMGPT2ModelLoader"]["input"]["required"]["checkpoint"][1]["options"]
+    prompt = t2i(seed=71, prefix="downloaded")
+    prompt["1"]["inputs"]["checkpoint"] = "Lumina-mGPT-2.0"
+    prompt["2"]["inputs"]["image_tokenizer"] = "movqgan_270M.ckpt"
+    assert comfy.run(prompt).status == "success"
+    # a second download finds every file complete and fetches nothing
+    gets = len(fake_hub.downloads())
+    assert comfy.run({"1": download("Lumina-mGPT-2.0 (text-to-image)")}).status == "success"
+    assert len(fake_hub.downloads()) == gets

@@ -1,0 +1,117 @@
+// Lumina-mGPT 2.0 UI helpers. Nothing here is needed to run a workflow (API mode never loads it).
+//  - live statistics on the sampler while it runs (rows, tokens/s, tokens per forward, ETA), from the
+//    "lumina_mgpt2.stats" websocket event the sampler sends;
+//  - a size helper on the sampler and the condition encoder: width/height snap to the 32-px grid and the
+//    node shows the canvas and its token count.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const STATS_EVENT = "lumina_mgpt2.stats";
+const SIZED_NODES = new Set(["LuminaMGPT2Sampler", "LuminaMGPT2ConditionEncoder"]);
+const GRID = 32;       // sizes are counted in 32-px grid tokens
+const FACTOR = 8;      // one image code per 8x8 pixels
+const LINE = 16;       // px per text line drawn under the widgets
+
+// The latest statistics per node id, for scripts and tests: window.LuminaMGPT2.stats["3"].
+const registry = (window.LuminaMGPT2 = { stats: {}, received: 0 });
+
+export function snap(value) {
+  return Math.max(GRID, Math.round(value / GRID) * GRID);
+}
+
+// t2i is the only single-panel task; every other task stacks two panels of width x height.
+export function canvasOf(width, height, task) {
+  return task && task !== "t2i" ? [width, 2 * height] : [width, height];
+}
+
+export function sizeText(width, height, task) {
+  const [w, h] = canvasOf(width, height, task);
+  const cols = w / FACTOR, rows = h / FACTOR;
+  const tokens = rows * (cols + 1) + 4; // codes, a row end per row, image start/end and two grid tokens
+  return `canvas ${w}x${h}: ${rows}x${cols} codes, ${tokens} tokens`;
+}
+
+function seconds(s) {
+  if (s == null) return "?";
+  return s >= 90 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(s < 10 ? 1 : 0)} s`;
+}
+
+export function statsText(s) {
+  const parts = [`rows ${s.rows}/${s.total}`, `${s.tokens_per_s.toFixed(1)} tok/s`];
+  if (s.tokens_per_forward != null) parts.push(`${s.tokens_per_forward.toFixed(2)} tok/forward`);
+  parts.push(s.done ? `done in ${seconds(s.elapsed_s)}` : `ETA ${seconds(s.eta_s)}`);
+  return parts.join(" | ");
+}
+
+function widgetValue(node, name) {
+  return node.widgets?.find((w) => w.name === name)?.value;
+}
+
+function infoLines(node) {
+  const lines = [];
+  const width = widgetValue(node, "width"), height = widgetValue(node, "height");
+  if (width && height) lines.push(sizeText(width, height, widgetValue(node, "task")));
+  const stats = registry.stats[String(node.id)];
+  if (stats) lines.push(statsText(stats));
+  return lines;
+}
+
+function snapSizeWidgets(node) {
+  for (const name of ["width", "height"]) {
+    const widget = node.widgets?.find((w) => w.name === name);
+    if (!widget) continue;
+    const callback = widget.callback;
+    widget.callback = function (value, ...rest) {
+      widget.value = snap(value);
+      node.setDirtyCanvas(true, false);
+      return callback?.call(this, widget.value, ...rest);
+    };
+  }
+}
+
+app.registerExtension({
+  name: "lumina_mgpt2.ui",
+
+  setup() {
+    api.addEventListener(STATS_EVENT, ({ detail }) => {
+      registry.stats[String(detail.node)] = detail;
+      registry.received += 1;
+      const node = app.graph?.getNodeById(Number(detail.node));
+      if (node) {
+        node.luminaStatsText = statsText(detail);
+        node.setDirtyCanvas(true, false);
+      }
+    });
+  },
+
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!SIZED_NODES.has(nodeData.name)) return;
+
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      snapSizeWidgets(this);
+      return result;
+    };
+
+    const computeSize = nodeType.prototype.computeSize;
+    nodeType.prototype.computeSize = function () {
+      const size = computeSize.apply(this, arguments);
+      size[1] += 2 * LINE + 4; // room for the size line and the statistics line
+      return size;
+    };
+
+    const onDrawForeground = nodeType.prototype.onDrawForeground;
+    nodeType.prototype.onDrawForeground = function (ctx) {
+      onDrawForeground?.apply(this, arguments);
+      if (this.flags?.collapsed) return;
+      const lines = infoLines(this);
+      ctx.save();
+      ctx.font = "12px sans-serif";
+      ctx.fillStyle = "#9ad";
+      ctx.textAlign = "left";
+      lines.forEach((text, i) => ctx.fillText(text, 10, this.size[1] - 6 - (lines.length - 1 - i) * LINE));
+      ctx.restore();
+    };
+  },
+});
