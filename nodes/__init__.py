@@ -8,8 +8,10 @@ from .decode import Decode
 from .download import Download
 from .loaders import ImageTokenizerLoader, ModelLoader
 from .sampler import Sampler
+from .settings import SJDSettings
 
-NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, Decode, Download]
+NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, SJDSettings, Decode,
+                                   Download]
 
 
 class LuminaMGPT2Extension(ComfyExtension):

@@ -33,8 +33,9 @@ class SamplerProgress:
     each chunk reports its rows from 1 again."""
 
     def __init__(self, node_id: str | None, model, rows_per_pass: int, codes_per_row: int, images: int,
-                 passes: int = 1, image_tokenizer=None, clock=time.monotonic):
+                 passes: int = 1, image_tokenizer=None, forwards=None, clock=time.monotonic):
         self.node_id, self.model, self.image_tokenizer = node_id, model, image_tokenizer
+        self.forwards = forwards  # a CountingForward (SJD) for live tokens per forward, or None
         self.rows_per_pass, self.codes_per_row = rows_per_pass, codes_per_row
         self.images_per_pass = -(-images // passes)
         self.total = rows_per_pass * passes
@@ -54,7 +55,8 @@ class SamplerProgress:
         self.last_rows = rows_done
         preview = self.preview(codes[0], total_rows) if self.schedule.due(rows_done) else None
         self.pbar.update_absolute(self.offset + rows_done, self.total, preview)
-        self.send_stats(self.offset + rows_done, done=False)
+        live = rows_done * self.codes_per_row / max(1, self.forwards.calls) if self.forwards is not None else None
+        self.send_stats(self.offset + rows_done, done=False, tokens_per_forward=live)
 
     def cancel(self) -> bool:
         mm.throw_exception_if_processing_interrupted()

@@ -8,8 +8,9 @@ from ..lumina_core import InputError, TASKS, canvas_size, generate, get_task
 from ..lumina_core.generate import plan_request
 from . import memory
 from .progress import SamplerProgress
+from .settings import sjd_decoder
 from .validation import choice_problem, first_problem, size_inputs, size_problem
-from .types import CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, TokensType
+from .types import CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SJDType, TokensType
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -76,6 +77,9 @@ class Sampler(io.ComfyNode):
                 ImageTokenizerType.Input("image_tokenizer", optional=True,
                                          tooltip="Connect the MoVQGAN to see decoded previews while sampling; "
                                                  "without it the preview shows flat colours per code."),
+                SJDType.Input("sjd", optional=True,
+                              tooltip="Speculative Jacobi decoding settings (SJD Settings node): fewer forwards "
+                                      "per image. Not connected: plain decoding, one code per forward."),
             ],
             outputs=[TokensType.Output(display_name="tokens", tooltip="The generated code grids (whole canvas), with task and "
                                                         "seeds; connect to Lumina-mGPT 2.0 Decode.")],
@@ -88,20 +92,24 @@ class Sampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
-                temperature: float, batch_size: int, condition=None, image_tokenizer=None) -> io.NodeOutput:
+                temperature: float, batch_size: int, condition=None, image_tokenizer=None,
+                sjd=None) -> io.NodeOutput:
         engine = model.engine
         spec = get_task(task)
         canvas_w, canvas_h = canvas_size(spec, width, height)
         codes = condition_codes(spec, condition, width, height, engine)
         # Plan first: a prompt or size the model cannot take fails before anything is loaded.
         plan = plan_request(engine, prompt, canvas_w, canvas_h, spec, condition_codes=codes)
+        decoder, forwards = sjd_decoder(sjd, engine) if sjd is not None else (None, None)
+        window = decoder.window if decoder is not None else 1
         streams = batch_size * (2 if cfg != 1.0 else 1)
         patchers = [image_tokenizer.patcher] if image_tokenizer is not None else []
-        memory.load_for_generation(model, streams, plan.total_tokens, extra=patchers)
+        memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=patchers)
         progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat, batch_size,
-                                   image_tokenizer=image_tokenizer.engine if image_tokenizer is not None else None)
+                                   image_tokenizer=image_tokenizer.engine if image_tokenizer is not None else None,
+                                   forwards=forwards)
         result = generate(engine, prompt, canvas_w, canvas_h, task=spec.name, seed=seed, batch_size=batch_size,
-                          cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes,
+                          cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes, decoder=decoder,
                           progress=progress.on_rows, cancel=progress.cancel)
         progress.finish(result.stats)
         mm.soft_empty_cache()

@@ -33,6 +33,12 @@ def t2i(seed=0, size=64, batch=1, prefix="t2i", prompt="a red circle", preview=T
     }
 
 
+def with_sjd(prompt: dict, window: int = 16) -> dict:
+    prompt["6"] = {"class_type": "LuminaMGPT2SJDSettings", "inputs": {"window": window, "init": "random", "mode": "exact"}}
+    prompt["3"]["inputs"]["sjd"] = ["6", 0]
+    return prompt
+
+
 def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -155,7 +161,18 @@ def test_condition_flow_and_size_mismatch_error(comfy):
     assert "encoded at 64x64" in error["exception_message"] and "96x64" in error["exception_message"]
 
 
-def test_interrupt_stops_a_long_generation_within_a_row(comfy):
+def test_sjd_greedy_equals_plain_greedy_with_fewer_forwards(comfy):
+    plain = comfy.run(t2i(seed=81, prefix="greedy_plain", top_k=1, preview=False))
+    sjd = comfy.run(with_sjd(t2i(seed=81, prefix="greedy_sjd", top_k=1, preview=False)))
+    assert sjd.status == "success", sjd.of_type("execution_error")
+    assert np.array_equal(pixels(comfy.output_images(plain, "5")[0]), pixels(comfy.output_images(sjd, "5")[0]))
+    stats = [s for s in sjd.of_type("lumina_mgpt2.stats") if s["node"] == "3"]
+    assert all(s["tokens_per_forward"] is not None for s in stats)  # live, not only at the end
+    assert stats[-1]["done"] and stats[-1]["tokens_per_forward"] > 1.0
+
+
+@pytest.mark.parametrize("sjd", [False, True], ids=["plain", "sjd"])
+def test_interrupt_stops_a_long_generation_within_a_row(comfy, sjd):
     """1024x1024 on the tiny model: 128 rows of 128 codes, far longer than the wait for the first rows."""
     seen = {}
 
@@ -165,8 +182,8 @@ def test_interrupt_stops_a_long_generation_within_a_row(comfy):
             seen["at"] = event["data"]["value"]
             threading.Thread(target=comfy.request, args=("POST", "/interrupt")).start()
 
-    run = comfy.run(t2i(size=1024, seed=61, prefix="interrupted", preview=False),
-                    on_event=interrupt_after_two_rows, timeout=300)
+    prompt = t2i(size=1024, seed=61, prefix="interrupted", preview=False)
+    run = comfy.run(with_sjd(prompt) if sjd else prompt, on_event=interrupt_after_two_rows, timeout=300)
     assert run.status == "error"
     (stopped,) = run.of_type("execution_interrupted")
     assert stopped["node_type"] == "LuminaMGPT2Sampler"
