@@ -56,6 +56,29 @@ def tiny_models(tmp_path_factory) -> str:
     return folder
 
 
+# --------------------------------------------------------------------------- the pack in this process
+@pytest.fixture(scope="session")
+def pack(tiny_models):
+    """The pack imported the way ComfyUI imports it (a package, with ComfyUI's modules importable, CPU only),
+    with the tiny models' folder registered first under lumina_mgpt. For calling nodes directly."""
+    import importlib.util
+    import sys
+    if not os.path.isfile(os.path.join(COMFY_DIR, "main.py")):
+        raise RuntimeError(f"no ComfyUI at {COMFY_DIR}: run `bash scripts/setup.sh` first")
+    if COMFY_DIR not in sys.path:
+        sys.path.insert(0, COMFY_DIR)  # ComfyUI imports its own top-level `nodes`; the repo's is reached as lumina_pack
+    from comfy.cli_args import args
+    args.cpu = True
+    import folder_paths
+    spec = importlib.util.spec_from_file_location("lumina_pack", os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lumina_pack"] = module
+    spec.loader.exec_module(module)
+    folder_paths.add_model_folder_path("lumina_mgpt", tiny_models, is_default=True)
+    return module
+
+
 # --------------------------------------------------------------------------- fake Hub
 class FakeHub:
     """Serves files the way huggingface.co's /{repo}/resolve/{revision}/{file} does (HEAD + GET, ETag,

@@ -1,0 +1,201 @@
+"""The nodes called directly inside this process (as ComfyUI's executor calls them): ComfyUI memory
+management, progress/preview/cancel hooks, the KV cache's lifetime, and the errors users see."""
+import gc
+import importlib.util
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_CHECKPOINT, TINY_IMAGE_TOKENIZER
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared 2-core box
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    from lumina_pack import nodes
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def model(nodes):
+    return nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "auto", "sdpa").args[0]
+
+
+@pytest.fixture(scope="module")
+def vq(nodes):
+    return nodes.loaders.ImageTokenizerLoader.execute(TINY_IMAGE_TOKENIZER).args[0]
+
+
+@pytest.fixture
+def progress_hook():
+    """Capture ComfyUI progress-bar updates (the server's hook sends them to the websocket)."""
+    import comfy.model_management as mm
+    import comfy.utils
+    calls = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append(
+        (value, total, preview, node_id)))
+    yield calls
+    comfy.utils.set_progress_bar_global_hook(old)
+    mm.interrupt_current_processing(False)
+
+
+def sample(nodes, model, task="t2i", size=64, seed=0, batch=1, node_id="7", **kw):
+    from comfy_api.latest import io
+    sampler = nodes.sampler.Sampler.PREPARE_CLASS_CLONE({io.Hidden.unique_id: node_id})
+    args = dict(prompt="a red circle", task=task, width=size, height=size, seed=seed, cfg=4.0, top_k=4096,
+                temperature=1.0, batch_size=batch)
+    args.update(kw)
+    return sampler.execute(model, **args).args[0]
+
+
+def test_transformer_is_a_modelpatcher_with_comfy_ops(model):
+    import comfy.model_patcher
+    assert isinstance(model.patcher, comfy.model_patcher.ModelPatcher)
+    linears = [m for m in model.engine.modules() if hasattr(m, "comfy_cast_weights")]
+    # every projection, the embedding and the lm_head are ComfyUI ops, so ComfyUI can offload them per layer
+    assert len(linears) == 2 * 7 + 2
+
+
+def test_sampler_loads_the_model_through_comfyui(nodes, model):
+    import comfy.model_management as mm
+    sample(nodes, model, seed=1)
+    assert any(loaded.model is model.patcher for loaded in mm.current_loaded_models)
+
+
+def test_partial_low_vram_load_gives_the_same_image(nodes, model):
+    """Weights left 'offloaded' (cast on the fly per layer, as ComfyUI does in low-VRAM mode) must not change a
+    single code."""
+    full = sample(nodes, model, seed=3).codes
+    patcher = model.patcher
+    patcher.unpatch_model(patcher.offload_device)
+    patcher.load(patcher.load_device, lowvram_model_memory=64 * 1024)  # room for a few layers only
+    try:
+        assert patcher.model.model_lowvram
+        lowvram = [m for m in model.engine.modules() if getattr(m, "comfy_cast_weights", False)]
+        assert lowvram  # these layers now run through ComfyUI's cast path
+        assert torch.equal(sample_loaded(nodes, model, seed=3), full)
+    finally:
+        patcher.unpatch_model(patcher.offload_device)
+
+
+def sample_loaded(nodes, model, seed):
+    """Generate without asking ComfyUI to (re)load the model, so the partial load above stays in place."""
+    from lumina_pack.lumina_core import generate
+    return generate(model.engine, "a red circle", 64, 64, seed=seed, cfg=4.0, top_k=4096).codes
+
+
+def test_kv_cache_is_freed_after_each_generation(nodes, model, monkeypatch):
+    from lumina_pack.lumina_core import kv_cache
+    caches = []
+    original = kv_cache.KVCache.__init__
+
+    def tracked(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        caches.append(weakref.ref(self))
+
+    monkeypatch.setattr(kv_cache.KVCache, "__init__", tracked)
+    tokens = sample(nodes, model, seed=5, batch=2)
+    gc.collect()
+    assert caches and all(ref() is None for ref in caches), "something still holds a KV cache"
+    assert tokens.codes.shape == (2, 8, 8)
+
+
+def test_progress_per_row_with_previews(nodes, model, vq, progress_hook):
+    sample(nodes, model, seed=7, size=96, image_tokenizer=vq)
+    assert [c[0] for c in progress_hook] == list(range(1, 13)) and {c[1] for c in progress_hook} == {12}
+    previews = [c[2] for c in progress_hook if c[2] is not None]
+    assert previews and previews[0][0] == "JPEG" and previews[0][1].size == (96, 96)
+    assert progress_hook[-1][2] is not None  # the finished image is always previewed
+
+
+def test_cheap_preview_without_image_tokenizer(nodes, model, progress_hook):
+    model.preview_palette = None
+    sample(nodes, model, seed=8)
+    image = progress_hook[0][2][1]
+    assert image.size == (64, 64)
+    assert model.preview_palette.shape == (64, 3)  # one colour per code, kept for the next run
+    pixels = np.asarray(image).astype(int)
+    first_row, pending = pixels[:8], pixels[8:]
+    assert len(np.unique(first_row.reshape(-1, 3), axis=0)) > 1  # coloured codes
+    assert np.abs(pending - 128).max() <= 2  # rows not generated yet are grey (JPEG-free: this is the PIL image)
+
+
+def test_cancel_stops_within_a_row(nodes, model, progress_hook):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    def press_cancel_at_row_3(value, total, preview, node_id=None):
+        progress_hook.append((value, total, preview, node_id))
+        if value == 3:
+            mm.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(press_cancel_at_row_3)
+    with pytest.raises(mm.InterruptProcessingException):
+        sample(nodes, model, seed=9, size=256)
+    assert max(c[0] for c in progress_hook) == 3  # 32 rows; nothing after the row that saw Cancel
+
+
+def test_condition_panel_round_trip(nodes, model, vq):
+    image = torch.rand(1, 80, 120, 3)
+    condition, shown = nodes.condition.ConditionEncoder.execute(vq, image, "canny", 64, 64, 100, 200).args
+    assert condition.codes.shape == (1, 8, 8) and shown.shape == (1, 64, 64, 3)
+    assert set(shown.unique().tolist()) <= {0.0, 1.0}  # a canny map: white edges on black
+    tokens = sample(nodes, model, task="control_canny", condition=condition)
+    assert tokens.codes.shape == (1, 16, 8)
+    assert torch.equal(tokens.codes[:, :8], condition.codes)  # the given upper panel
+    decode = nodes.decode.Decode.execute
+    out, other, full = (decode(tokens, vq, p).args[0] for p in ("output", "other panel", "full canvas"))
+    assert out.shape == other.shape == (1, 64, 64, 3) and full.shape == (1, 128, 64, 3)
+    assert torch.equal(other, decode(condition, vq, "output").args[0])  # the condition as the model saw it
+    assert not torch.equal(out, other)
+
+
+@pytest.mark.parametrize("task, with_condition, size, message", [
+    ("control_canny", False, 64, "connect a Lumina-mGPT 2.0 Condition Encoder"),
+    ("t2i", True, 64, "generates from text only"),
+    ("control_canny", True, 96, "encoded at 64x64"),
+])
+def test_condition_mistakes_say_what_to_change(nodes, model, vq, task, with_condition, size, message):
+    from lumina_pack.lumina_core import InputError
+    condition = nodes.condition.ConditionEncoder.execute(vq, torch.rand(1, 64, 64, 3), "none", 64, 64, 100, 200).args[0]
+    with pytest.raises(InputError, match=message):
+        sample(nodes, model, task=task, size=size, condition=condition if with_condition else None)
+
+
+def test_auto_dtype_and_manual_cast_on_cpu(nodes):
+    import comfy.model_management as mm
+    cpu = mm.get_torch_device()
+    assert nodes.memory.pick_dtypes("auto", cpu, 10**9) == (torch.float32, torch.float32)
+    bf16 = nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "bf16", "sdpa").args[0]
+    engine = bf16.engine
+    assert engine.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert engine.compute_dtype == torch.float32  # this CPU computes in fp32: ComfyUI's manual cast
+    codes = sample(nodes, bf16, seed=2).codes
+    assert codes.shape == (1, 8, 8) and int(codes.max()) < 64
+
+
+def test_flash_attn_choice(nodes):
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ImportError, match="pip install flash-attn"):
+            nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "auto", "flash_attn")
+    else:
+        assert nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "auto", "flash_attn").args[0]
+
+
+def test_loader_lists_and_rejects_names(nodes):
+    from lumina_pack.lumina_core import CheckpointError
+    options = nodes.loaders.ModelLoader.GET_NODE_INFO_V1()["input"]["required"]["checkpoint"][1]["options"]
+    assert TINY_CHECKPOINT in options
+    assert nodes.loaders.ModelLoader.validate_inputs("../" + TINY_CHECKPOINT, "auto", "sdpa") is not True
+    with pytest.raises(CheckpointError, match="is a path"):
+        nodes.loaders.ModelLoader.execute("../" + TINY_CHECKPOINT, "auto", "sdpa")
