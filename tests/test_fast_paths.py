@@ -1,0 +1,54 @@
+"""The fast step runner: bucketed attention length and the compiled step give the plain path's tokens.
+
+CUDA graphs themselves need a GPU (bench/gpu.py checks graph tokens against eager there); on CPU the
+runner takes the same bucketed path without capture, and torch.compile runs through inductor's C++ backend.
+"""
+import pytest
+import torch
+
+from builders import tiny_checkpoint
+from lumina_core import LuminaMGPT, generate
+from lumina_core.fast import FastPlain, StepRunner
+from lumina_core.sjd import SJDecoder
+
+KW = dict(seed=3, batch_size=2, cfg=3.0, top_k=20)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder, _ = tiny_checkpoint(tmp_path_factory.mktemp("m") / "ckpt", num_codes=64, shards=1)
+    return LuminaMGPT.from_pretrained(folder, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    return {"plain": generate(model, "a red circle", 32, 32, **KW).codes,
+            "sjd": generate(model, "a red circle", 32, 32, decoder=SJDecoder(window=8), **KW).codes}
+
+
+def test_bucket_rounding(model):
+    runner = StepRunner(model, bucket=16)
+    assert [runner.kv_bucket(n, 100) for n in (1, 16, 17, 95, 100)] == [16, 16, 32, 96, 100]
+    with pytest.raises(ValueError, match="bucket"):
+        StepRunner(model, bucket=0)
+    with pytest.raises(ValueError, match="CUDA"):
+        StepRunner(model, graphs=True)
+
+
+@pytest.mark.parametrize("bucket", [7, 64])
+def test_bucketed_runner_gives_the_same_tokens(model, reference, bucket):
+    runner = StepRunner(model, bucket=bucket)
+    assert not runner.use_graphs  # CPU: no capture, same bucketed call
+    plain = generate(model, "a red circle", 32, 32, decoder=FastPlain(runner), **KW)
+    sjd = generate(model, "a red circle", 32, 32, decoder=SJDecoder(window=8, forward=runner), **KW)
+    assert torch.equal(plain.codes, reference["plain"])
+    assert torch.equal(sjd.codes, reference["sjd"])
+
+
+@pytest.mark.slow
+def test_compiled_one_token_and_window_steps_give_the_same_tokens(model, reference):
+    runner = StepRunner(model, bucket=4096, compile=True)  # one attention length: few specialisations
+    sjd = generate(model, "a red circle", 32, 32, decoder=SJDecoder(window=8, forward=runner), **KW)
+    plain = generate(model, "a red circle", 32, 32, decoder=FastPlain(runner), **KW)
+    assert torch.equal(sjd.codes, reference["sjd"])
+    assert torch.equal(plain.codes, reference["plain"])
