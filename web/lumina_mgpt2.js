@@ -10,7 +10,7 @@ const STATS_EVENT = "lumina_mgpt2.stats";
 const SIZED_NODES = new Set(["LuminaMGPT2Sampler", "LuminaMGPT2ConditionEncoder"]);
 const GRID = 32;       // sizes are counted in 32-px grid tokens
 const FACTOR = 8;      // one image code per 8x8 pixels
-const LINE = 16;       // px per text line drawn under the widgets
+const LINE = 15;       // px per text line drawn above the node's title bar
 
 // The latest statistics per node id, for scripts and tests: window.LuminaMGPT2.stats["3"].
 const registry = (window.LuminaMGPT2 = { stats: {}, received: 0 });
@@ -94,23 +94,17 @@ app.registerExtension({
       return result;
     };
 
-    const computeSize = nodeType.prototype.computeSize;
-    nodeType.prototype.computeSize = function () {
-      const size = computeSize.apply(this, arguments);
-      size[1] += 2 * LINE + 4; // room for the size line and the statistics line
-      return size;
-    };
-
+    // Drawn above the title bar: the node body belongs to widgets and the sampler's preview image.
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       onDrawForeground?.apply(this, arguments);
-      if (this.flags?.collapsed) return;
       const lines = infoLines(this);
+      const top = -(globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30) - 6;
       ctx.save();
       ctx.font = "12px sans-serif";
       ctx.fillStyle = "#9ad";
       ctx.textAlign = "left";
-      lines.forEach((text, i) => ctx.fillText(text, 10, this.size[1] - 6 - (lines.length - 1 - i) * LINE));
+      lines.forEach((text, i) => ctx.fillText(text, 4, top - (lines.length - 1 - i) * LINE));
       ctx.restore();
     };
   },
