@@ -6,14 +6,23 @@ Public API:
     TextTokenizer.from_pretrained(path)                        prompt tokenizer + special ids
     generate(model, prompt, width, height, ...)                prompt (+ condition) -> code grids
     decode_images(movqgan, codes)                              code grids -> IMAGE [B, H, W, 3] in 0..1
+    generate(..., decoder=SJDecoder(window=16))                speculative Jacobi decoding (lossless)
+    best_of_n(model, prompt, ..., n=8, scorer=...)             N candidates, scored (likelihood or CLIP)
+    StepRunner(model) / FastPlain(runner)                      CUDA-graph step with bucketed attention
+    quantize_int8_(model)                                      int8 weight-only linear layers
 """
 from .config import LuminaConfig
 from .errors import CheckpointError, GenerationCancelled, InputError, LuminaError, TokenizerError
 from .generate import GenerationResult, canvas_size, crop_codes, decode_images, encode_condition, generate
 from .kv_cache import KVCache
+from .best_of_n import BestOfNResult, best_of_n
+from .fast import FastPlain, StepRunner
 from .logits import SamplingOptions
 from .model import LuminaMGPT
 from .movqgan import MoVQGAN
+from .quant import Int8Linear, quantize_int8_
+from .scorers import CLIPScorer, LikelihoodScorer
+from .sjd import SJDecoder
 from .tasks import TASKS, ImageLayout, build_prompt, get_task
 from .tokenizer import SpecialTokens, TextTokenizer
 
@@ -21,5 +30,6 @@ __all__ = [
     "LuminaMGPT", "LuminaConfig", "MoVQGAN", "TextTokenizer", "SpecialTokens", "generate", "GenerationResult",
     "decode_images", "encode_condition", "canvas_size", "crop_codes", "SamplingOptions", "KVCache", "TASKS",
     "ImageLayout", "build_prompt", "get_task", "LuminaError", "CheckpointError", "TokenizerError", "InputError",
-    "GenerationCancelled",
+    "GenerationCancelled", "SJDecoder", "best_of_n", "BestOfNResult", "LikelihoodScorer", "CLIPScorer", "StepRunner",
+    "FastPlain", "quantize_int8_", "Int8Linear",
 ]
