@@ -29,7 +29,7 @@ TINY_CHECKPOINT = "tiny-test"
 TINY_IMAGE_TOKENIZER = "tiny_movqgan.safetensors"
 TINY_CODES = 64
 TINY_MAX_POSITIONS = 20000  # room for a long generation (the interrupt test)
-EXAMPLES = os.path.join(ROOT, "example_workflows")
+EXAMPLES = os.environ.get("LUMINA_EXAMPLES", os.path.join(ROOT, "example_workflows"))  # or a folder of your own
 
 
 def free_port() -> int:

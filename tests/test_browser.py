@@ -1,0 +1,174 @@
+"""The ComfyUI frontend in headless Debian chromium (Playwright): the example workflows load and render our
+nodes with their widgets, each UI workflow converts to exactly its API twin, a run from the UI shows the web
+extension's statistics and gives the same image as the API twin.
+
+LUMINA_UPDATE_EXAMPLES=1 rewrites the UI workflows from their API twins (laid out by the frontend, seeds fixed);
+LUMINA_UPDATE_DOCS=1 also saves the canvas screenshot to docs/canvas.png. A screenshot of every run goes to
+test-artifacts/.
+"""
+import glob
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLES, ROOT, load_example
+
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("LUMINA_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+UPDATE_EXAMPLES = os.environ.get("LUMINA_UPDATE_EXAMPLES") == "1"
+UPDATE_DOCS = os.environ.get("LUMINA_UPDATE_DOCS") == "1"
+API_TWINS = sorted(glob.glob(os.path.join(EXAMPLES, "api", "*_api.json")))
+NAMES = [os.path.basename(p)[: -len("_api.json")] for p in API_TWINS]
+
+
+@pytest.fixture(scope="module")
+def page(comfy):
+    from playwright.sync_api import sync_playwright
+    status, _ = comfy.request("POST", "/settings", {"Comfy.TutorialCompleted": True})
+    assert status == 200
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+                                                       viewport={"width": 1600, "height": 1000})
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        page.on("console", lambda m: page.errors.append(m.text) if "Invalid workflow" in m.text else None)
+        page.goto(comfy.base + "/", wait_until="networkidle", timeout=120000)
+        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120000)
+        page.wait_for_function("window.LuminaMGPT2 !== undefined", timeout=60000)
+        yield page
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def load_ui(page, workflow: dict) -> None:
+    page.errors.clear()
+    page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
+    page.wait_for_timeout(300)
+    assert not page.errors, page.errors  # e.g. the frontend's schema check of the workflow file
+    page.keyboard.press(".")  # fit the graph in view
+
+
+def graph_nodes(page) -> dict:
+    return page.evaluate("""() => Object.fromEntries(window.app.graph._nodes.map(n => [String(n.id), {
+        type: n.type, widgets: (n.widgets || []).map(w => w.name), values: (n.widgets || []).map(w => w.value)}]))""")
+
+
+def graph_to_api(page) -> dict:
+    prompt = page.evaluate("window.app.graphToPrompt().then(p => p.output)")
+    return {nid: {"class_type": n["class_type"], "inputs": n["inputs"]} for nid, n in prompt.items()}
+
+
+def expected_widgets(info: dict) -> list[str]:
+    """Widget names in the order the frontend makes them: every non-socket input, in input_order, with the
+    seed's control_after_generate right after it."""
+    names = []
+    for section in ("required", "optional"):
+        for name in info["input_order"].get(section, []):
+            kind, spec = info["input"][section][name]
+            if kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") or isinstance(kind, list):
+                names.append(name)
+                if spec.get("control_after_generate"):
+                    names.append("control_after_generate")
+    return names
+
+
+def write_ui_from_api_twin(page, name: str) -> None:
+    """Lay out the API twin in the frontend and save it as the UI workflow, seeds 'fixed'."""
+    api = load_example(os.path.join("api", f"{name}_api.json"))
+    page.evaluate("async (p) => { await window.app.loadApiJson(p, 'x.json'); }", api)
+    page.evaluate("""() => window.app.graph._nodes.forEach(n => (n.widgets || []).forEach(w => {
+        if (w.name === 'control_after_generate') w.value = 'fixed'; }))""")
+    ui = page.evaluate("JSON.parse(JSON.stringify(window.app.graph.serialize()))")  # drops undefined fields
+    with open(os.path.join(EXAMPLES, f"{name}.json"), "w", encoding="utf-8") as f:
+        json.dump(ui, f, indent=1)
+        f.write("\n")
+
+
+def test_extension_and_nodes_are_registered(page):
+    registered = page.evaluate("Object.keys(LiteGraph.registered_node_types).filter(t => t.startsWith('LuminaMGPT2'))")
+    assert {"LuminaMGPT2Sampler", "LuminaMGPT2ModelLoader", "LuminaMGPT2Decode"} <= set(registered)
+    assert page.evaluate("window.LuminaMGPT2.stats") == {}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_workflow_renders_and_converts_to_its_api_twin(page, comfy, name):
+    if UPDATE_EXAMPLES:
+        write_ui_from_api_twin(page, name)
+    load_ui(page, load_example(f"{name}.json"))
+    info = comfy.object_info()
+    nodes = graph_nodes(page)
+    ours = {nid: n for nid, n in nodes.items() if n["type"].startswith("LuminaMGPT2")}
+    assert ours, "no Lumina-mGPT 2.0 nodes on the canvas"
+    for nid, node in ours.items():
+        assert node["widgets"] == expected_widgets(info[node["type"]]), (name, nid)
+        if "control_after_generate" in node["widgets"]:
+            assert node["values"][node["widgets"].index("control_after_generate")] == "fixed"
+    assert graph_to_api(page) == load_example(os.path.join("api", f"{name}_api.json"))
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, f"browser_{name}.png"))
+
+
+def clear_execution_cache(comfy) -> None:
+    """POST /free resets the cache after the next prompt; a trivial prompt makes that happen now."""
+    assert comfy.request("POST", "/free", {"free_memory": True})[0] == 200
+    trivial = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    assert comfy.run(trivial).status == "success"
+
+
+def wait_for_new_history(comfy, before: set, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        new = {k: v for k, v in comfy.request("GET", "/history")[1].items() if k not in before}
+        if new:
+            (entry,) = new.values()
+            if entry["status"]["completed"] or entry["status"]["status_str"] == "error":
+                return entry
+        time.sleep(0.1)
+    raise TimeoutError("the prompt queued from the UI did not finish")
+
+
+def test_ui_run_shows_statistics_and_equals_the_api_twin(page, comfy):
+    name = "lumina_mgpt2_t2i"
+    api_run = comfy.run(load_example(os.path.join("api", f"{name}_api.json")))
+    assert api_run.status == "success", api_run.of_type("execution_error")
+    clear_execution_cache(comfy)
+
+    load_ui(page, load_example(f"{name}.json"))
+    sampler_id = next(nid for nid, n in graph_nodes(page).items() if n["type"] == "LuminaMGPT2Sampler")
+    page.evaluate("window.LuminaMGPT2.stats = {}")
+    before = set(comfy.request("GET", "/history")[1])
+    page.evaluate("window.app.queuePrompt(0)")
+    page.wait_for_function(f"window.LuminaMGPT2.stats['{sampler_id}']?.done === true", timeout=180000)
+    stats = page.evaluate(f"window.LuminaMGPT2.stats['{sampler_id}']")
+    assert stats["rows"] == stats["total"] > 0 and stats["tokens_per_s"] > 0
+    text = page.evaluate(f"window.app.graph.getNodeById({sampler_id}).luminaStatsText")
+    assert text.startswith(f"rows {stats['total']}/{stats['total']}") and "tok/s" in text
+    ui_entry = wait_for_new_history(comfy, before)
+    assert ui_entry["status"]["status_str"] == "success"
+    ui_image = [im for out in ui_entry["outputs"].values() for im in out.get("images", []) if im["type"] == "output"]
+    api_image = comfy.output_images(api_run, "5")
+    assert len(ui_image) == len(api_image) == 1
+    ui_png = os.path.join(comfy.state, "output", ui_image[0]["subfolder"], ui_image[0]["filename"])
+    assert ui_png != api_image[0]  # a second file: the UI run executed again
+    assert np.array_equal(np.asarray(Image.open(ui_png)), np.asarray(Image.open(api_image[0])))
+
+    page.keyboard.press(".")
+    page.wait_for_timeout(500)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "browser_ui_run.png"))
+    if UPDATE_DOCS:
+        page.screenshot(path=os.path.join(ROOT, "docs", "canvas.png"))
+    assert not [e for e in page.errors if "lumina" in e.lower()], page.errors
