@@ -8,10 +8,11 @@ from .decode import Decode
 from .download import Download
 from .loaders import ImageTokenizerLoader, ModelLoader
 from .sampler import Sampler
-from .settings import SJDSettings
+from .select import SelectBest
+from .settings import BestOfNSettings, SJDSettings
 
-NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, SJDSettings, Decode,
-                                   Download]
+NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, SJDSettings,
+                                   BestOfNSettings, SelectBest, Decode, Download]
 
 
 class LuminaMGPT2Extension(ComfyExtension):

@@ -2,7 +2,8 @@
 extension, and Cancel.
 
 The engine calls `on_rows(rows_done, total_rows, codes_so_far)` after every row and `cancel()` between
-rows; the decoders raise InterruptProcessingException through `cancel` when the user presses Cancel.
+rows. Best-of-N reports rows across all its chunks (total = chunks x rows per image); `codes_so_far` is
+always the current chunk's [images, rows, w].
 """
 from __future__ import annotations
 
@@ -29,59 +30,54 @@ def send_event(event: str, data: dict) -> None:
 
 
 class SamplerProgress:
-    """One per sampler run. `passes` > 1 when the engine generates the images in several chunks (best-of-N);
-    each chunk reports its rows from 1 again."""
-
-    def __init__(self, node_id: str | None, model, rows_per_pass: int, codes_per_row: int, images: int,
-                 passes: int = 1, image_tokenizer=None, forwards=None, clock=time.monotonic):
+    def __init__(self, node_id: str | None, model, rows_per_image: int, codes_per_row: int, image_tokenizer=None,
+                 forwards=None, clock=time.monotonic):
         self.node_id, self.model, self.image_tokenizer = node_id, model, image_tokenizer
+        self.rows_per_image, self.codes_per_row = rows_per_image, codes_per_row
         self.forwards = forwards  # a CountingForward (SJD) for live tokens per forward, or None
-        self.rows_per_pass, self.codes_per_row = rows_per_pass, codes_per_row
-        self.images_per_pass = -(-images // passes)
-        self.total = rows_per_pass * passes
-        self.offset = 0
-        self.last_rows = 0
         self.clock = clock
         self.started = clock()
-        self.schedule = PreviewSchedule(rows_per_pass)
-        self.pbar = comfy.utils.ProgressBar(self.total, node_id=node_id)
-        self.images = images
+        self.schedule = None
+        self.total = rows_per_image
+        self.tokens = 0  # image codes produced so far, all images together
+        self.last_rows = 0
+        self.pbar = comfy.utils.ProgressBar(rows_per_image, node_id=node_id)
 
     # --- engine callbacks
     def on_rows(self, rows_done: int, total_rows: int, codes) -> None:
-        if rows_done < self.last_rows:  # a new chunk of candidates started
-            self.offset += self.rows_per_pass
-            self.schedule = PreviewSchedule(self.rows_per_pass)
+        if self.schedule is None:
+            self.schedule = PreviewSchedule(total_rows)
+        self.total = total_rows
+        self.tokens += (rows_done - self.last_rows) * self.codes_per_row * codes.shape[0]
         self.last_rows = rows_done
-        preview = self.preview(codes[0], total_rows) if self.schedule.due(rows_done) else None
-        self.pbar.update_absolute(self.offset + rows_done, self.total, preview)
+        preview = self.preview(codes[0]) if self.schedule.due(rows_done) else None
+        self.pbar.update_absolute(rows_done, total_rows, preview)
         live = rows_done * self.codes_per_row / max(1, self.forwards.calls) if self.forwards is not None else None
-        self.send_stats(self.offset + rows_done, done=False, tokens_per_forward=live)
+        self.send_stats(rows_done, done=False, tokens_per_forward=live)
 
     def cancel(self) -> bool:
         mm.throw_exception_if_processing_interrupted()
         return False
 
-    def finish(self, stats) -> None:
-        self.send_stats(self.total, done=True, tokens_per_forward=stats.tokens_per_forward)
+    def finish(self, tokens_per_forward: float) -> None:
+        self.send_stats(self.total, done=True, tokens_per_forward=tokens_per_forward)
 
     # --- helpers
-    def preview(self, codes, total_rows: int):
+    def preview(self, codes):
+        """The first image of the current batch, rows done so far, on its full-size canvas."""
         if self.image_tokenizer is not None:
-            image = decoded_preview(self.image_tokenizer, codes, total_rows)
+            image = decoded_preview(self.image_tokenizer, codes, self.rows_per_image)
         else:
             if self.model.preview_palette is None:
                 self.model.preview_palette = embedding_palette(self.model.engine)
-            image = palette_preview(self.model.preview_palette, codes, total_rows)
+            image = palette_preview(self.model.preview_palette, codes, self.rows_per_image)
         return ("JPEG", image, args.preview_size)
 
-    def send_stats(self, rows: int, done: bool, tokens_per_forward: float | None = None) -> None:
+    def send_stats(self, rows: int, done: bool, tokens_per_forward: float | None) -> None:
         elapsed = max(self.clock() - self.started, 1e-6)
-        tokens = rows * self.codes_per_row * self.images_per_pass
         rate = rows / elapsed
         send_event(STATS_EVENT, {
-            "node": self.node_id, "rows": rows, "total": self.total, "images": self.images,
-            "tokens_per_s": tokens / elapsed, "tokens_per_forward": tokens_per_forward,
+            "node": self.node_id, "rows": rows, "total": self.total, "tokens_per_s": self.tokens / elapsed,
+            "tokens_per_forward": tokens_per_forward, "elapsed_s": elapsed, "done": done,
             "eta_s": 0.0 if done else (self.total - rows) / rate if rate > 0 else None,
-            "elapsed_s": elapsed, "done": done,
         })

@@ -5,12 +5,14 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..lumina_core import InputError, TASKS, canvas_size, generate, get_task
+from ..lumina_core import best_of_n as run_best_of_n
 from ..lumina_core.generate import plan_request
+from ..lumina_core.sampler import DecodeStats
 from . import memory
 from .progress import SamplerProgress
 from .settings import sjd_decoder
 from .validation import choice_problem, first_problem, size_inputs, size_problem
-from .types import CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SJDType, TokensType
+from .types import BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SJDType, TokensType
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -70,7 +72,8 @@ class Sampler(io.ComfyNode):
                 io.Float.Input("temperature", default=1.0, min=0.0, max=5.0, step=0.05, round=0.01,
                                tooltip="Below 1: safer, flatter images; above 1: more varied. 0 is greedy."),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
-                             tooltip="Images generated together (seed, seed+1, ...). Memory grows with it."),
+                             tooltip="Images generated together (seed, seed+1, ...). Memory grows with it. Keep 1 "
+                                     "with best-of-N: its n candidates are the batch."),
                 TokensType.Input("condition", optional=True,
                                  tooltip="Condition codes from a Condition Encoder, for tasks that start from an "
                                          "image (control_*, subject, dense_*, edit)."),
@@ -80,6 +83,9 @@ class Sampler(io.ComfyNode):
                 SJDType.Input("sjd", optional=True,
                               tooltip="Speculative Jacobi decoding settings (SJD Settings node): fewer forwards "
                                       "per image. Not connected: plain decoding, one code per forward."),
+                BestOfNType.Input("best_of_n", optional=True,
+                                  tooltip="Best-of-N settings: generate n scored candidates instead of a batch. All "
+                                          "come out with their scores; Select Best keeps the best."),
             ],
             outputs=[TokensType.Output(display_name="tokens", tooltip="The generated code grids (whole canvas), with task and "
                                                         "seeds; connect to Lumina-mGPT 2.0 Decode.")],
@@ -92,27 +98,54 @@ class Sampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
-                temperature: float, batch_size: int, condition=None, image_tokenizer=None,
-                sjd=None) -> io.NodeOutput:
+                temperature: float, batch_size: int, condition=None, image_tokenizer=None, sjd=None,
+                best_of_n=None) -> io.NodeOutput:
         engine = model.engine
         spec = get_task(task)
         canvas_w, canvas_h = canvas_size(spec, width, height)
         codes = condition_codes(spec, condition, width, height, engine)
+        check_best_of_n(best_of_n, batch_size, image_tokenizer)
         # Plan first: a prompt or size the model cannot take fails before anything is loaded.
         plan = plan_request(engine, prompt, canvas_w, canvas_h, spec, condition_codes=codes)
         decoder, forwards = sjd_decoder(sjd, engine) if sjd is not None else (None, None)
         window = decoder.window if decoder is not None else 1
-        streams = batch_size * (2 if cfg != 1.0 else 1)
-        patchers = [image_tokenizer.patcher] if image_tokenizer is not None else []
-        memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=patchers)
-        progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat, batch_size,
-                                   image_tokenizer=image_tokenizer.engine if image_tokenizer is not None else None,
-                                   forwards=forwards)
-        result = generate(engine, prompt, canvas_w, canvas_h, task=spec.name, seed=seed, batch_size=batch_size,
-                          cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes, decoder=decoder,
-                          progress=progress.on_rows, cancel=progress.cancel)
-        progress.finish(result.stats)
+        streams = batch_size * (2 if cfg != 1.0 else 1)  # best-of-N sizes its chunks to the memory left after
+        extra = [image_tokenizer.patcher] if image_tokenizer is not None else []
+        memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=extra)
+        vq = image_tokenizer.engine if image_tokenizer is not None else None
+        progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat,
+                                   image_tokenizer=vq, forwards=forwards)
+        common = dict(task=spec.name, cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes,
+                      decoder=decoder, progress=progress.on_rows, cancel=progress.cancel)
+        num_codes = engine.tokenizer.special.num_image_codes
+        if best_of_n is None:
+            result = generate(engine, prompt, canvas_w, canvas_h, seed=seed, batch_size=batch_size, **common)
+            tokens = LuminaTokens(codes=result.codes, layout=result.layout, num_codes=num_codes, task=result.task,
+                                  seeds=tuple(result.seeds), stats=result.stats)
+        else:
+            result = run_best_of_n(engine, prompt, canvas_w, canvas_h, n=best_of_n["n"], seed=seed,
+                                   scorer=best_of_n["scorer"], chunk_size=best_of_n["chunk_size"],
+                                   image_tokenizer=vq, **common)
+            tokens = LuminaTokens(codes=result.codes, layout=result.layout, num_codes=num_codes, task=result.task,
+                                  seeds=tuple(result.seeds), scores=result.scores, stats=merged(result.stats))
+        progress.finish(tokens.stats.tokens_per_forward)
         mm.soft_empty_cache()
-        return io.NodeOutput(LuminaTokens(codes=result.codes, layout=result.layout,
-                                          num_codes=engine.tokenizer.special.num_image_codes, task=result.task,
-                                          seeds=tuple(result.seeds), stats=result.stats))
+        return io.NodeOutput(tokens)
+
+
+def check_best_of_n(settings, batch_size: int, image_tokenizer) -> None:
+    if settings is None:
+        return
+    if batch_size != 1:
+        raise InputError("with best-of-N connected the candidates are the batch: set batch_size to 1 and the "
+                         "number of candidates (n) on the Best-of-N Settings node.")
+    if settings["scorer"].needs_images and image_tokenizer is None:
+        raise InputError(f"the {settings['scorer'].name} scorer looks at the images: connect the image tokenizer "
+                         "to the sampler's image_tokenizer input.")
+
+
+def merged(chunk_stats: list[DecodeStats]) -> DecodeStats:
+    """One DecodeStats for best-of-N's chunks (forwards and per-image tokens add up)."""
+    return DecodeStats(forwards=sum(s.forwards for s in chunk_stats),
+                       image_tokens=sum(s.image_tokens for s in chunk_stats),
+                       prefill_tokens=chunk_stats[0].prefill_tokens, seconds=sum(s.seconds for s in chunk_stats))

@@ -1,11 +1,21 @@
 """Settings nodes (kijai style): optional sampler inputs that keep the sampler itself small."""
 from __future__ import annotations
 
+import json
+import os
+
+import comfy.model_management as mm
+import folder_paths
 from comfy_api.latest import io
 
+from ..lumina_core import CLIPScorer, LikelihoodScorer
 from ..lumina_core.sjd import INITS, MODES, SJDecoder
-from .types import ADVANCED, SJDType
+from .types import ADVANCED, BestOfNType, SJDType
 from .validation import choice_problem, first_problem
+
+SCORERS = ("likelihood", "clip")
+NO_CLIP = "none"
+CLIP_FOLDER_KEY = "clip_vision"
 
 
 class CountingForward:
@@ -56,3 +66,63 @@ class SJDSettings(io.ComfyNode):
 def sjd_decoder(settings: dict, engine) -> tuple[SJDecoder, CountingForward]:
     counter = CountingForward(engine.forward_step)
     return SJDecoder(**settings, forward=counter), counter
+
+
+def clip_folders() -> dict[str, str]:
+    """transformers CLIPModel folders (config.json with model_type 'clip') inside models/clip_vision/."""
+    found = {}
+    for base in folder_paths.get_folder_paths(CLIP_FOLDER_KEY):
+        for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            config = os.path.join(base, name, "config.json")
+            if name in found or not os.path.isfile(config):
+                continue
+            try:
+                with open(config, encoding="utf-8") as f:
+                    is_clip = json.load(f).get("model_type") == "clip"
+            except (OSError, json.JSONDecodeError):
+                continue  # not a model folder we can read; the listing just leaves it out
+            if is_clip:
+                found[name] = os.path.join(base, name)
+    return found
+
+
+class BestOfNSettings(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LuminaMGPT2BestOfNSettings",
+            display_name="Lumina-mGPT 2.0 Best-of-N Settings",
+            category=ADVANCED,
+            description="Generate n candidates (seed, seed+1, ...) and score each; the sampler then outputs all "
+                        "of them with their scores, and Select Best keeps the best. Any candidate can be "
+                        "regenerated alone with its own seed.",
+            inputs=[
+                io.Int.Input("n", default=4, min=1, max=64, tooltip="Candidates to generate."),
+                io.Combo.Input("scorer", options=list(SCORERS), default="likelihood",
+                               tooltip="likelihood: the model's own mean log-probability of its codes (free, "
+                                       "no extra weights). clip: CLIP image-text similarity (needs clip_model)."),
+                io.Combo.Input("clip_model", options=[NO_CLIP, *clip_folders()], default=NO_CLIP,
+                               tooltip="For the clip scorer: a transformers CLIPModel folder (config.json, weights, "
+                                       "tokenizer and preprocessor files) inside models/clip_vision/, e.g. "
+                                       "openai/clip-vit-large-patch14."),
+                io.Int.Input("chunk_size", default=0, min=0, max=64,
+                             tooltip="Candidates generated together. 0: as many as fit in free memory."),
+            ],
+            outputs=[BestOfNType.Output(display_name="best_of_n", tooltip="Connect to the sampler's 'best_of_n' "
+                                                                         "input.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, scorer: str, clip_model: str) -> bool | str:
+        needs_clip = None if scorer != "clip" or clip_model != NO_CLIP else \
+            "the clip scorer needs a clip_model: put a transformers CLIPModel folder in models/clip_vision/"
+        return first_problem(choice_problem("scorer", scorer, SCORERS),
+                             choice_problem("clip_model", clip_model, [NO_CLIP, *clip_folders()]), needs_clip)
+
+    @classmethod
+    def execute(cls, n: int, scorer: str, clip_model: str, chunk_size: int) -> io.NodeOutput:
+        if scorer == "clip":
+            chosen = CLIPScorer(clip_folders()[clip_model], device=mm.get_torch_device())
+        else:
+            chosen = LikelihoodScorer()
+        return io.NodeOutput({"n": n, "scorer": chosen, "chunk_size": chunk_size or None})

@@ -171,6 +171,53 @@ def test_sjd_greedy_equals_plain_greedy_with_fewer_forwards(comfy):
     assert stats[-1]["done"] and stats[-1]["tokens_per_forward"] > 1.0
 
 
+def test_best_of_n_keeps_every_candidate_and_selects_the_best(comfy):
+    prompt = t2i(seed=90, prefix="bon_best", preview=False)
+    prompt["6"] = {"class_type": "LuminaMGPT2BestOfNSettings",
+                   "inputs": {"n": 3, "scorer": "likelihood", "clip_model": "none", "chunk_size": 2}}
+    prompt["3"]["inputs"]["best_of_n"] = ["6", 0]
+    prompt["7"] = {"class_type": "LuminaMGPT2SelectBest", "inputs": {"tokens": ["3", 0], "k": 1}}
+    prompt["4"]["inputs"]["tokens"] = ["7", 0]
+    prompt["8"] = {"class_type": "LuminaMGPT2Decode",
+                   "inputs": {"tokens": ["3", 0], "image_tokenizer": ["2", 0], "panel": "output"}}
+    prompt["9"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bon_all"}}
+    prompt["10"] = {"class_type": "PreviewAny", "inputs": {"source": ["7", 1]}}
+    run = comfy.run(prompt)
+    assert run.status == "success", run.of_type("execution_error")
+    candidates = [pixels(p) for p in comfy.output_images(run, "9")]
+    (best,) = [pixels(p) for p in comfy.output_images(run, "5")]
+    lines = run.history["outputs"]["10"]["text"][0].splitlines()
+    assert len(candidates) == 3 and len(lines) == 3 and lines[0].startswith("* seed ")
+    scores = [float(line.split(": ")[1]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+    best_seed = int(lines[0].split()[2].rstrip(":"))
+    assert np.array_equal(best, candidates[best_seed - 90])
+    # candidate i is seed 90 + i: regenerated alone it is the same image
+    alone = comfy.run(t2i(seed=91, prefix="bon_alone", preview=False))
+    assert np.array_equal(pixels(comfy.output_images(alone, "5")[0]), candidates[1])
+    # two chunks (2 + 1 candidates): the bar runs once over both, a step per row
+    progress = [p["value"] for p in run.of_type("progress") if p["node"] == "3"]
+    assert progress == list(range(1, 17))
+
+
+def test_best_of_n_needs_batch_size_1(comfy):
+    prompt = t2i(seed=95, batch=2, preview=False)
+    prompt["6"] = {"class_type": "LuminaMGPT2BestOfNSettings",
+                   "inputs": {"n": 2, "scorer": "likelihood", "clip_model": "none", "chunk_size": 0}}
+    prompt["3"]["inputs"]["best_of_n"] = ["6", 0]
+    (error,) = comfy.run(prompt).of_type("execution_error")
+    assert "set batch_size to 1" in error["exception_message"]
+
+
+def test_clip_scorer_without_a_clip_model_is_http_400(comfy):
+    prompt = t2i(preview=False)
+    prompt["6"] = {"class_type": "LuminaMGPT2BestOfNSettings",
+                   "inputs": {"n": 2, "scorer": "clip", "clip_model": "none", "chunk_size": 0}}
+    prompt["3"]["inputs"]["best_of_n"] = ["6", 0]
+    status, body = comfy.queue(prompt)
+    assert status == 400 and "models/clip_vision" in body["node_errors"]["6"]["errors"][0]["details"]
+
+
 @pytest.mark.parametrize("sjd", [False, True], ids=["plain", "sjd"])
 def test_interrupt_stops_a_long_generation_within_a_row(comfy, sjd):
     """1024x1024 on the tiny model: 128 rows of 128 codes, far longer than the wait for the first rows."""
