@@ -15,6 +15,13 @@ from .types import CATEGORY, ImageTokenizer, ImageTokenizerType, LuminaModel, Mo
 from .validation import choice_problem, first_problem
 
 FOLDER_KEY = "lumina_mgpt"
+ATTENTION_NOTES = {
+    "sdpa": "PyTorch's fused attention; needs nothing extra (default).",
+    "flash_attn": "needs the flash-attn package and a CUDA GPU (a clear error says so when it is missing); the "
+                  "engine uses it for full-sequence forwards, its cached decoding steps run on sdpa.",
+    "eager": "the slow float32 reference, for GPUs where sdpa misbehaves.",
+    "matmul": "two batched matmuls with a float32 softmax: reads a long KV cache once per decoding step.",
+}
 folder_paths.add_model_folder_path(FOLDER_KEY, os.path.join(folder_paths.models_dir, FOLDER_KEY))
 
 
@@ -46,9 +53,7 @@ class ModelLoader(io.ComfyNode):
                                tooltip="Weight dtype. auto: bf16 on GPUs that support it, else fp32 (and fp32 on "
                                        "the CPU). fp16 halves memory on older GPUs but may overflow."),
                 io.Combo.Input("attention", options=list(ATTENTION_BACKENDS), default="sdpa",
-                               tooltip="sdpa needs nothing extra. flash_attn needs the flash-attn package and a "
-                                       "CUDA GPU (the prompt prefill uses it). eager is the slow reference, for "
-                                       "GPUs where sdpa misbehaves."),
+                               tooltip="\n".join(f"{b}: {ATTENTION_NOTES.get(b, '')}" for b in ATTENTION_BACKENDS)),
             ],
             outputs=[ModelType.Output(display_name="model", tooltip="The Lumina-mGPT 2.0 transformer and its text tokenizer.")],
         )

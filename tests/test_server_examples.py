@@ -1,0 +1,69 @@
+"""Every shipped example workflow (API format) runs on the bundled demo model to saved PNGs of the right size,
+and the set-up-and-run command works end to end. LUMINA_UPDATE_EXAMPLES=1 also rewrites the .jpg thumbnails."""
+import glob
+import os
+import re
+import subprocess
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLES, ROOT, free_port, load_example
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+API_TWINS = sorted(glob.glob(os.path.join(EXAMPLES, "api", "*_api.json")))
+UPDATE_EXAMPLES = os.environ.get("LUMINA_UPDATE_EXAMPLES") == "1"
+THUMBNAIL_SIDE = 256
+
+
+def expected_size(workflow: dict, save_id: str) -> tuple[int, int]:
+    """Width and height of what a SaveImage node receives: the panel size of the sampler behind its decoder."""
+    decode = workflow[workflow[save_id]["inputs"]["images"][0]]
+    source = workflow[decode["inputs"]["tokens"][0]]
+    while source["class_type"] != "LuminaMGPT2Sampler":
+        source = workflow[source["inputs"]["tokens"][0]]
+    inputs = source["inputs"]
+    dual = inputs["task"] != "t2i" and decode["inputs"]["panel"] == "full canvas"
+    return inputs["width"], inputs["height"] * (2 if dual else 1)
+
+
+def test_every_example_is_shipped_in_both_formats():
+    names = {os.path.basename(p)[: -len("_api.json")] for p in API_TWINS}
+    assert {"lumina_mgpt2_t2i", "lumina_mgpt2_t2i_sjd", "lumina_mgpt2_best_of_n", "lumina_mgpt2_control_canny"} <= names
+    for name in names:
+        assert os.path.isfile(os.path.join(EXAMPLES, f"{name}.json")), f"{name}: no UI-format workflow"
+        assert os.path.isfile(os.path.join(EXAMPLES, f"{name}.jpg")) or UPDATE_EXAMPLES, f"{name}: no thumbnail"
+
+
+@pytest.mark.parametrize("path", API_TWINS, ids=[os.path.basename(p) for p in API_TWINS])
+def test_example_workflow_runs_to_saved_pngs(comfy, path):
+    workflow = load_example(path)
+    run = comfy.run(workflow, timeout=600)
+    assert run.status == "success", run.of_type("execution_error")
+    saves = [nid for nid, node in workflow.items() if node["class_type"] == "SaveImage"]
+    assert saves
+    for nid in saves:
+        images = comfy.output_images(run, nid)
+        assert images
+        for png in images:
+            assert Image.open(png).size == expected_size(workflow, nid)
+    if UPDATE_EXAMPLES:
+        first = Image.open(comfy.output_images(run, saves[0])[0]).convert("RGB")
+        thumb = first.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE * first.height // first.width), Image.NEAREST)
+        thumb.save(path.replace(os.path.join("api", ""), "").replace("_api.json", ".jpg"), quality=90)
+
+
+def test_set_up_and_run_command(tmp_path):
+    """`bash scripts/run_demo.sh --exit-after-image`: set-up, server, the t2i example through the API, a PNG."""
+    env = {**os.environ, "LUMINA_STATE": str(tmp_path / "state"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_demo.sh"), "--exit-after-image",
+                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    pngs = re.findall(r"^\[demo\] PNG: (.+)$", done.stdout, re.M)
+    assert pngs and all(Image.open(p).size == (64, 64) for p in pngs), done.stdout
+    port_line = re.search(r"http://127\.0\.0\.1:(\d+)", done.stdout)
+    assert port_line  # and the server it started is gone again
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port_line.group(1)}/system_stats", timeout=2)
