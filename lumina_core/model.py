@@ -16,7 +16,7 @@ from torch import nn
 from .config import LuminaConfig
 from .kv_cache import KVCache
 
-ATTENTION_BACKENDS = ("sdpa", "flash_attn", "eager")
+ATTENTION_BACKENDS = ("sdpa", "flash_attn", "eager", "matmul")
 
 
 def _on(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -98,6 +98,37 @@ def _flash_attn_func():
     return flash_attn_func
 
 
+_bmm_out_dtype_ok: dict = {}
+
+
+def _bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with float32 output; on CUDA half inputs are read as they are (no float copy of the cache)."""
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        if _bmm_out_dtype_ok.get(a.device.type, True):
+            try:
+                return torch.bmm(a, b, out_dtype=torch.float32)
+            except (TypeError, RuntimeError):  # this torch lacks bmm(out_dtype=)
+                _bmm_out_dtype_ok[a.device.type] = False
+        return torch.bmm(a, b).float()
+    return torch.bmm(a.float(), b.float())
+
+
+def matmul_attention(q, k, v, mask, head_dim: int):
+    """Attention as two batched matmuls with a float32 softmax.
+
+    For a few queries over a long cache this is a batched GEMV that streams K and V once; fused
+    attention kernels parallelise such shapes only over batch x heads.
+    """
+    B, H, T, D = q.shape
+    S = k.shape[-2]
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    scores = _bmm_f32((q * (1.0 / math.sqrt(head_dim))).reshape(B * H, T, D), k.reshape(B * H, S, D).transpose(1, 2))
+    probs = scores.view(B, H, T, S).masked_fill(~mask, float("-inf")).softmax(-1)
+    out = torch.bmm(probs.to(v.dtype).view(B * H, T, S), v.reshape(B * H, S, D))
+    return out.view(B, H, T, D)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LuminaConfig, operations, device=None, dtype=None):
         super().__init__()
@@ -138,10 +169,12 @@ class Attention(nn.Module):
             if fa is not None and q.dtype in (torch.float16, torch.bfloat16):
                 # flash-attn wants [B, T, heads, D]; it handles GQA and the causal mask itself.
                 return fa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True).transpose(1, 2)
+        if self.backend in ("eager", "matmul") and gqa:
+            rep = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        if self.backend == "matmul":
+            return matmul_attention(q, k, v, mask, self.head_dim)
         if self.backend == "eager":
-            if gqa:
-                rep = self.num_heads // self.num_kv_heads
-                k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
             scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
             if mask is None:
                 T, S = q.shape[-2], k.shape[-2]

@@ -65,12 +65,16 @@ class SJDecoder:
 
     def sample(self, model, plan: PromptPlan, special, seeds: list[int], opts: SamplingOptions,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None):
-        return _JacobiRun(self, model, plan, special, seeds, opts.validated()).run(progress, cancel)
+        return JacobiRun(self, model, plan, special, seeds, opts.validated()).run(progress, cancel)
 
 
-class _JacobiRun:
-    """One SJD generation. Body positions i = 0..N-1 follow the prompt (row ends included, the final
-    row end excluded); `done[b]` of them are final for image b, all but the last one are in the cache."""
+class JacobiRun:
+    """One SJD generation: start(), then iterate() until finished() (run() does it all).
+
+    Body positions i = 0..N-1 follow the prompt (row ends included, the final row end excluded);
+    `done[b]` of them are final for image b, all but the last one are in the cache (`fed[b]`).
+    bench/gpu.py times iterate() at chosen context lengths by setting done/fed.
+    """
 
     def __init__(self, cfg: SJDecoder, model, plan, special, seeds, opts):
         self.cfg, self.model, self.special, self.opts = cfg, model, special, opts
@@ -177,74 +181,83 @@ class _JacobiRun:
         return s.forward(tokens, s.cache, slots, kv_len=kv_len, rows=self.code_rows)
 
     # ----------------------------------------------------------------- loop
+    def start(self) -> None:
+        """Prefill, draw the first code from the prompt's logits (as the plain sampler does), make drafts."""
+        B, dev = self.B, self.dev
+        self.ar = torch.arange(self.L, device=dev)
+        self.logprob = torch.zeros(B, device=dev)
+        self.iters = torch.zeros(B, dtype=torch.long, device=dev)   # windows run per image
+        logits = self.session.prefill(self.code_rows)
+        self.base = self.session.cache.length
+        counter0 = self.counter[torch.zeros(B, dtype=torch.long, device=dev)]
+        first, lp = pick_codes(logits, self.session, self.opts, self._at(self.scale, 0), self.seed_t, counter0)
+        self.tokens[:, 0] = first + self.special.image_code_start
+        self.logprob += lp
+        self.done = torch.ones(B, dtype=torch.long, device=dev)    # final positions per image
+        self.fed = torch.zeros(B, dtype=torch.long, device=dev)    # of which in the cache (done - 1)
+        self.drafts, self.q = self._init_drafts(self.done[:, None] + self.ar[:-1], self.done)
+        self.done_host = [1] * B
+
+    def finished(self) -> bool:
+        return min(self.done_host) >= self.N
+
+    def iterate(self) -> None:
+        """One window per image: forward, verify, correct, roll forward, re-draft."""
+        B, L, N, ar, sp = self.B, self.L, self.N, self.ar, self.special
+        arB = torch.arange(B, device=self.dev)
+        done, fed = self.done, self.fed
+        active = done < N
+        self.fed_max = max(d - 1 for d in self.done_host)
+        draft_pos = done[:, None] + ar[:-1]                                        # [B, L-1]
+        draft_ids = torch.where(self.structural[draft_pos], sp.row_end, self.drafts + sp.image_code_start)
+        last = self.tokens.gather(1, (done - 1)[:, None])
+        logits = self._forward(torch.cat([last, draft_ids], 1), fed)
+        out_pos = done[:, None] + ar                                                 # [B, L]
+        guided, scores = self._scores(logits, out_pos)
+        p = scores.softmax(-1)
+        keep = self._accept(scores[:, :-1], p[:, :-1], self.drafts, self.q, draft_pos) & (draft_pos < N)
+        k = keep.long().cumprod(1).sum(1)                                            # kept drafts
+        # the token after the kept drafts: residual sample, or a fresh one if all were kept
+        kq = torch.cat([self.q, self.q[:, :1]], 1)[arB, k]                           # unused when k = L-1
+        new = self._correct(scores[arB, k], p[arB, k], kq, out_pos[arB, k], k < L - 1)
+        new_ids = torch.where(self.structural[out_pos[arB, k]], sp.row_end, new + sp.image_code_start)
+        has_new = active & (done + k < N)
+        # write the kept drafts and the new token; add their guided log-probs (their context is final)
+        final = (ar <= k[:, None]) & (ar < (k + has_new.long())[:, None]) & active[:, None]
+        window_ids = torch.where(ar == k[:, None], new_ids[:, None], torch.cat([draft_ids, new_ids[:, None]], 1))
+        write_pos = torch.where(final, out_pos, self.tokens.shape[1] - 1)           # last column: scratch
+        self.tokens.scatter_(1, write_pos, torch.where(final, window_ids, sp.row_end))
+        is_code = final & ~self.structural[out_pos]
+        code_ids = (window_ids - sp.image_code_start).clamp(0, self.V - 1)
+        self.logprob += (code_logprob(guided, code_ids) * is_code).sum(1)
+        # advance; the window's other samples become the next drafts (Jacobi update)
+        self.fed = torch.where(active, fed + 1 + k, fed)
+        self.iters += active.long()
+        redrawn, p_now = self._redraw(scores, out_pos, self.iters)
+        self.done = done + torch.where(active, k + has_new.long(), 0)
+        nxt = self.done[:, None] + ar[:-1]                                           # next draft positions
+        src = nxt - out_pos[:, :1]                                                   # their window output index
+        carried = src <= L - 1
+        src = src.clamp(max=L - 1)
+        fresh_codes, fresh_q = self._init_drafts(nxt.clamp(max=N + L - 1), self.done)
+        self.drafts = torch.where(carried, redrawn.gather(1, src), fresh_codes)
+        self.q = torch.where(carried[..., None], p_now.gather(1, src[..., None].expand(-1, -1, self.V)), fresh_q)
+        self.done_host = self.done.tolist()
+
     def run(self, progress, cancel):
         t0 = time.perf_counter()
-        B, L, N, w, dev = self.B, self.L, self.N, self.w, self.dev
-        ar = torch.arange(L, device=dev)
-        arB = torch.arange(B, device=dev)
-        logprob = torch.zeros(B, device=dev)
-        iters = torch.zeros(B, dtype=torch.long, device=dev)
         with torch.inference_mode():
-            logits = self.session.prefill(self.code_rows)
-            self.base = self.session.cache.length
-            counter0 = self.counter[torch.zeros(B, dtype=torch.long, device=dev)]
-            first, lp = pick_codes(logits, self.session, self.opts, self._at(self.scale, 0), self.seed_t, counter0)
-            self.tokens[:, 0] = first + self.special.image_code_start
-            logprob += lp
-            done = torch.ones(B, dtype=torch.long, device=dev)     # final positions per image
-            fed = torch.zeros(B, dtype=torch.long, device=dev)     # of which in the cache
-            drafts, q = self._init_drafts(done[:, None] + ar[:-1], done)
-            rows_reported, done_host = 0, [1] * B
-            while min(done_host) < N:
-                self.fed_max = max(d - 1 for d in done_host)
-                active = done < N
-                draft_pos = done[:, None] + ar[:-1]                               # [B, L-1]
-                draft_ids = torch.where(self.structural[draft_pos], self.special.row_end,
-                                        drafts + self.special.image_code_start)
-                last = self.tokens.gather(1, (done - 1)[:, None])
-                logits = self._forward(torch.cat([last, draft_ids], 1), fed)
-                out_pos = done[:, None] + ar                                        # [B, L]
-                guided, scores = self._scores(logits, out_pos)
-                p = scores.softmax(-1)
-                keep = self._accept(scores[:, :-1], p[:, :-1], drafts, q, draft_pos) & (draft_pos < N)
-                k = keep.long().cumprod(1).sum(1)                                   # kept drafts
-                # the token after the kept drafts (if the image is not complete)
-                kq = torch.cat([q, q[:, :1]], 1)[arB, k]                             # q at k (unused if k=L-1)
-                new = self._correct(scores[arB, k], p[arB, k], kq, out_pos[arB, k], k < L - 1)
-                new_ids = torch.where(self.structural[out_pos[arB, k]], self.special.row_end,
-                                      new + self.special.image_code_start)
-                has_new = active & (done + k < N)
-                # write kept drafts and the new token; add their guided log-probs (their context is final)
-                final = (ar[None, :] <= k[:, None]) & (ar[None, :] < (k + has_new.long())[:, None])
-                final &= active[:, None]
-                window_ids = torch.cat([draft_ids, new_ids[:, None]], 1)
-                window_ids = torch.where(ar[None, :] == k[:, None], new_ids[:, None], window_ids)
-                window_ids = window_ids[:, :L]
-                write_pos = torch.where(final, out_pos, self.tokens.shape[1] - 1)
-                self.tokens.scatter_(1, write_pos, torch.where(final, window_ids, self.special.row_end))
-                code_ids = (window_ids - self.special.image_code_start).clamp(0, self.V - 1)
-                is_code = final & ~self.structural[out_pos]
-                logprob += (code_logprob(guided, code_ids) * is_code).sum(1)
-                # advance; carry the window's other samples as the next drafts
-                n_new = torch.where(active, k + has_new.long(), 0)
-                fed = torch.where(active, fed + 1 + k, fed)
-                iters += active.long()
-                redrawn, p_now = self._redraw(scores, out_pos, iters)
-                done = done + n_new
-                nxt = done[:, None] + ar[:-1]                                       # next draft positions
-                src = (nxt - out_pos[:, :1]).clamp(max=L - 1)                      # their window output index
-                carried = (nxt - out_pos[:, :1]) <= L - 1
-                fresh_codes, fresh_q = self._init_drafts(nxt.clamp(max=N + L - 1), done)
-                drafts = torch.where(carried, redrawn.gather(1, src), fresh_codes)
-                q = torch.where(carried[..., None], p_now.gather(1, src[..., None].expand(-1, -1, self.V)), fresh_q)
-                done_host = done.tolist()
-                rows_reported = self._report(progress, cancel, min(done_host), rows_reported)
+            self.start()
+            reported = 0
+            while not self.finished():
+                self.iterate()
+                reported = self._report(progress, cancel, min(self.done_host), reported)
         stats = self.session.stats
-        stats.image_tokens = self.layout.gen_rows * w
-        stats.logprob = logprob
+        stats.image_tokens = self.layout.gen_rows * self.w
+        stats.logprob = self.logprob
         stats.seconds = time.perf_counter() - t0
-        stats.extra["image_forwards"] = iters.tolist()
-        stats.extra["window"] = L
+        stats.extra["image_forwards"] = self.iters.tolist()
+        stats.extra["window"] = self.L
         return self._codes(), stats
 
     def _codes(self):

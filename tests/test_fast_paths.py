@@ -52,3 +52,16 @@ def test_compiled_one_token_and_window_steps_give_the_same_tokens(model, referen
     plain = generate(model, "a red circle", 32, 32, decoder=FastPlain(runner), **KW)
     assert torch.equal(sjd.codes, reference["sjd"])
     assert torch.equal(plain.codes, reference["plain"])
+
+
+def test_matmul_attention_matches_sdpa(model, reference):
+    """The decode-oriented attention (two batched matmuls, float32 softmax) computes the same thing."""
+    ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    want = model(ids)
+    model.set_attention_backend("matmul")
+    try:
+        torch.testing.assert_close(model(ids), want, rtol=1e-4, atol=1e-4)
+        sjd = generate(model, "a red circle", 32, 32, decoder=SJDecoder(window=8), **KW)
+        assert torch.equal(sjd.codes, reference["sjd"])
+    finally:
+        model.set_attention_backend("sdpa")
