@@ -59,8 +59,9 @@ def tiny_models(tmp_path_factory) -> str:
 # --------------------------------------------------------------------------- the pack in this process
 @pytest.fixture(scope="session")
 def pack(tiny_models):
-    """The pack imported the way ComfyUI imports it (a package, with ComfyUI's modules importable, CPU only),
-    with the tiny models' folder registered first under lumina_mgpt. For calling nodes directly."""
+    """The pack imported the way ComfyUI imports it (a package, with ComfyUI's modules importable), with the
+    tiny models' folder registered first under lumina_mgpt. For calling nodes directly. ComfyUI runs on the
+    CPU unless LUMINA_TEST_CUDA=1 (tests/test_nodes_gpu.py, on a GPU machine)."""
     import importlib.util
     import sys
     if not os.path.isfile(os.path.join(COMFY_DIR, "main.py")):
@@ -68,7 +69,7 @@ def pack(tiny_models):
     if COMFY_DIR not in sys.path:
         sys.path.insert(0, COMFY_DIR)  # ComfyUI imports its own top-level `nodes`; the repo's is reached as lumina_pack
     from comfy.cli_args import args
-    args.cpu = True
+    args.cpu = os.environ.get("LUMINA_TEST_CUDA") != "1"
     import folder_paths
     spec = importlib.util.spec_from_file_location("lumina_pack", os.path.join(ROOT, "__init__.py"),
                                                   submodule_search_locations=[ROOT])

@@ -1,0 +1,73 @@
+"""ComfyUI memory management on a real GPU (run with LUMINA_TEST_CUDA=1 on a CUDA machine; CI has none):
+the transformer loads through load_models_gpu, is evicted when another model needs the memory, loads
+partially (low-VRAM) with identical output, and leaves no KV cache behind."""
+import os
+
+import pytest
+import torch
+
+from conftest import TINY_CHECKPOINT, TINY_IMAGE_TOKENIZER
+
+pytestmark = pytest.mark.skipif(os.environ.get("LUMINA_TEST_CUDA") != "1" or not torch.cuda.is_available(),
+                                reason="GPU check: set LUMINA_TEST_CUDA=1 on a CUDA machine")
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    from lumina_pack import nodes
+    return nodes
+
+
+def sample(nodes, model, seed=0, size=256, **kw):
+    from comfy_api.latest import io
+    sampler = nodes.sampler.Sampler.PREPARE_CLASS_CLONE({io.Hidden.unique_id: "1"})
+    return sampler.execute(model, prompt="a red circle", task="t2i", width=size, height=size, seed=seed, cfg=4.0,
+                           top_k=4096, temperature=1.0, batch_size=2, **kw).args[0]
+
+
+def weight_devices(model) -> set:
+    return {p.device.type for n, p in model.engine.named_parameters() if n.endswith("proj.weight")}
+
+
+def test_load_evict_partial_and_free_on_gpu(nodes):
+    import comfy.model_management as mm
+    device = mm.get_torch_device()
+    assert device.type == "cuda"
+    model = nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "auto", "sdpa").args[0]
+    vq = nodes.loaders.ImageTokenizerLoader.execute(TINY_IMAGE_TOKENIZER).args[0]
+    assert model.engine.compute_dtype == torch.bfloat16  # auto picks bf16 on this GPU
+    assert weight_devices(model) == {"cpu"}  # loaded to the offload device; the sampler asks ComfyUI to move it
+
+    full = sample(nodes, model, seed=1, image_tokenizer=vq).codes
+    assert weight_devices(model) == {"cuda"} and model.engine.device.type == "cuda"
+    assert any(lm.model is model.patcher for lm in mm.current_loaded_models)
+    image = nodes.decode.Decode.execute(sample(nodes, model, seed=1), vq, "output").args[0]
+    assert image.shape == (2, 256, 256, 3) and 0 <= float(image.min()) and float(image.max()) <= 1
+
+    # another model needs (more than) all the memory: ComfyUI offloads ours
+    mm.free_memory(10 * mm.get_total_memory(device), device)
+    assert model.patcher.loaded_size() == 0 and weight_devices(model) == {"cpu"}
+
+    # the sampler loads it again; the KV cache is gone after each generation
+    torch.cuda.synchronize()
+    sample(nodes, model, seed=1)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    again = sample(nodes, model, seed=1, size=512).codes
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated(device) > before  # the generation's KV cache lived on the GPU...
+    assert torch.cuda.memory_allocated(device) == before      # ...and was freed afterwards
+    assert again.shape == (2, 64, 64)
+
+    # low-VRAM: only some layers on the GPU, the rest cast in per use; same codes as the full load
+    patcher = model.patcher
+    mm.free_memory(10 * mm.get_total_memory(device), device)
+    patcher.patch_model(device_to=device, lowvram_model_memory=64 << 10)
+    try:
+        assert patcher.model.model_lowvram and "cpu" in weight_devices(model)
+        assert model.engine.device.type == "cuda" and model.engine.rotary.cos.device.type == "cuda"
+        from lumina_pack.lumina_core import generate
+        partial = generate(model.engine, "a red circle", 256, 256, seed=1, batch_size=2, cfg=4.0, top_k=4096).codes
+        assert torch.equal(partial, full)
+    finally:
+        patcher.unpatch_model(patcher.offload_device)
