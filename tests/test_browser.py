@@ -120,6 +120,23 @@ def test_example_workflow_renders_and_converts_to_its_api_twin(page, comfy, name
     page.screenshot(path=os.path.join(ARTIFACTS, f"browser_{name}.png"))
 
 
+def test_size_helper_snaps_to_the_grid_and_counts_tokens(page):
+    load_ui(page, load_example("lumina_mgpt2_t2i.json"))
+    width = page.evaluate("""() => {
+        const node = window.app.graph._nodes.find(n => n.type === 'LuminaMGPT2Sampler');
+        const widget = node.widgets.find(w => w.name === 'width');
+        widget.value = 100;
+        widget.callback(100);  // what the frontend calls after an edit
+        return widget.value; }""")
+    assert width == 96
+    page.evaluate("window.app.graph.setDirtyCanvas(true, true)")
+    page.wait_for_function("""window.app.graph._nodes.find(n => n.type === 'LuminaMGPT2Sampler')
+        .luminaInfo?.[0]?.startsWith('canvas 96x64')""", timeout=10000)
+    # 64x96 panel, control task: a 96x128 canvas of 16 rows x 12 codes, a row end per row, 4 more tokens
+    assert page.evaluate("window.LuminaMGPT2.sizeText(96, 64, 'control_canny')") == \
+        "canvas 96x128: 16x12 codes, 212 tokens"
+
+
 def clear_execution_cache(comfy) -> None:
     """POST /free resets the cache after the next prompt; a trivial prompt makes that happen now."""
     assert comfy.request("POST", "/free", {"free_memory": True})[0] == 200

@@ -69,6 +69,8 @@ function snapSizeWidgets(node) {
   }
 }
 
+Object.assign(registry, { snap, sizeText, statsText });
+
 app.registerExtension({
   name: "lumina_mgpt2.ui",
 
@@ -98,7 +100,7 @@ app.registerExtension({
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       onDrawForeground?.apply(this, arguments);
-      const lines = infoLines(this);
+      const lines = (this.luminaInfo = infoLines(this)); // kept on the node: what was last drawn
       const top = -(globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30) - 6;
       ctx.save();
       ctx.font = "12px sans-serif";
