@@ -15,8 +15,12 @@ KW = dict(seed=3, batch_size=2, cfg=3.0, top_k=20)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder, _ = tiny_checkpoint(tmp_path_factory.mktemp("m") / "ckpt", num_codes=64, shards=1)
+def folder(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("m") / "ckpt", num_codes=64, shards=1)[0]
+
+
+@pytest.fixture(scope="module")
+def model(folder):
     return LuminaMGPT.from_pretrained(folder, dtype=torch.float32)
 
 
@@ -46,8 +50,10 @@ def test_bucketed_runner_gives_the_same_tokens(model, reference, bucket):
 
 
 @pytest.mark.slow
-def test_compiled_one_token_and_window_steps_give_the_same_tokens(model, reference):
-    runner = StepRunner(model, bucket=4096, compile=True)  # one attention length: few specialisations
+def test_compiled_one_token_and_window_steps_give_the_same_tokens(folder, reference):
+    model = LuminaMGPT.from_pretrained(folder, dtype=torch.float32)  # compile_layers changes it in place
+    runner = StepRunner(model, bucket=16, compile=True)
+    assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
     sjd = generate(model, "a red circle", 32, 32, decoder=SJDecoder(window=8, forward=runner), **KW)
     plain = generate(model, "a red circle", 32, 32, decoder=FastPlain(runner), **KW)
     assert torch.equal(sjd.codes, reference["sjd"])

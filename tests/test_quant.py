@@ -72,3 +72,40 @@ def test_int8_model_agrees_with_float_model(folder, dtype):
     plain = generate(q, "a red circle", 64, 64, seed=1, top_k=1, cfg=3.0)
     sjd = generate(q, "a red circle", 64, 64, seed=1, top_k=1, cfg=3.0, decoder=SJDecoder(window=8))
     assert torch.equal(plain.codes, sjd.codes)
+
+
+TRITON_CHECK = """
+import torch
+from torch import nn
+from lumina_core.quant import Int8Linear
+from lumina_core.quant_triton import w8_matmul
+g = torch.Generator().manual_seed(0)
+for M, N, K, dtype in [(2, 96, 200, torch.float32), (32, 70, 128, torch.float32), (40, 33, 100, torch.float16)]:
+    x = torch.randn(M, K, generator=g).to(dtype)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    s = torch.rand(N, generator=g).to(dtype)
+    out = w8_matmul(x, w, s, tune=False)
+    ref = (x.float() @ w.float().T) * s.float()
+    assert out.dtype == dtype and out.shape == (M, N)
+    assert float((out.float() - ref).abs().max() / ref.abs().max()) < 2e-3, (M, N, K, dtype)
+lin = nn.Linear(64, 48)
+layer = Int8Linear.from_linear(lin, kernel="triton")
+x = torch.randn(3, 2, 64, generator=g)
+ref = Int8Linear.from_linear(lin, kernel="dequant")
+torch.testing.assert_close(layer(x), ref(x), rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(layer.forward_rows(x, 8, 40), ref(x)[..., 8:40], rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_triton_int8_kernel_under_the_interpreter():
+    """The CUDA int8 kernel's indexing, masking and scaling, run by Triton's CPU interpreter (fp32/fp16:
+    the interpreter has no bfloat16 matmul; bench/gpu.py checks bf16 on the GPU)."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=root)
+    done = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
