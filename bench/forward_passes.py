@@ -1,0 +1,140 @@
+"""Forward passes per image: plain decoding vs speculative Jacobi decoding, same model, same prompts.
+
+    python -m bench.forward_passes                       # demo model if built, else a tiny random model
+    python -m bench.forward_passes --shapes-eval --n 20  # + shapes-eval accuracy: plain, SJD, best-of-4/8
+
+Forwards are batched forward passes after the prefill (SJD: this image's windows). Image tokens per
+forward counts image codes only (row ends are free). Greedy and sampled (the demo's recommended
+settings, or cfg 2 / temperature 1 / no top-k). On random weights the model's next token hardly
+depends on context, so acceptance there says little: use the demo model for real numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from lumina_core import SamplingOptions, best_of_n, generate  # noqa: E402
+from lumina_core.generate import GenerationResult  # noqa: E402
+from lumina_core.sampler import DecodeStats  # noqa: E402
+from lumina_core.sjd import SJDecoder  # noqa: E402
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle to the left of a yellow circle",
+           "a purple star and an orange square", "three circles"]
+
+
+def load_model(size: int):
+    """The shapes demo model when it is built, else a tiny random checkpoint (clearly labelled)."""
+    try:
+        from demo import demo_available, generation_defaults, load_demo
+        if demo_available():
+            model, movqgan, defaults = load_demo()
+            return model, movqgan, defaults, "shapes demo model"
+    except ImportError:
+        pass
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from builders import tiny_checkpoint
+    from lumina_core import LuminaMGPT
+    folder, _ = tiny_checkpoint(os.path.join(tempfile.mkdtemp(), "tiny"), num_codes=256)
+    return LuminaMGPT.from_pretrained(folder, dtype=torch.float32), None, {}, "tiny RANDOM model (demo not built)"
+
+
+def sampling_settings(defaults: dict) -> dict[str, SamplingOptions]:
+    cfg = float(defaults.get("cfg", 2.0))
+    sampled = SamplingOptions(cfg=cfg, top_k=int(defaults.get("top_k", 0)),
+                              temperature=float(defaults.get("temperature", 1.0)))
+    return {"greedy": sampled.with_(top_k=1), "sampled": sampled}
+
+
+def forwards_table(model, defaults: dict, size: int, seeds: list[int], window: int) -> list[dict]:
+    rows = []
+    for mode, opts in sampling_settings(defaults).items():
+        for name, decoder in [("plain", None), (f"SJD L={window} random init", SJDecoder(window=window)),
+                              (f"SJD L={window} spatial init", SJDecoder(window=window, init="spatial"))]:
+            per_image, codes, t = [], 0, time.perf_counter()
+            for prompt in PROMPTS:
+                res = generate(model, prompt, size, size, seeds=seeds, sampling=opts, decoder=decoder)
+                codes = res.stats.image_tokens
+                per_image += res.stats.extra.get("image_forwards", [res.stats.forwards] * len(seeds))
+            mean = statistics.mean(per_image)
+            rows.append(dict(mode=mode, decoder=name, forwards=mean, codes=codes, per_forward=codes / mean,
+                             seconds=(time.perf_counter() - t) / (len(PROMPTS) * len(seeds))))
+    return rows
+
+
+def print_forwards(rows, label, size, seeds):
+    print(f"\nForward passes per image, {label}, {size}x{size} ({rows[0]['codes']} codes), "
+          f"{len(PROMPTS)} prompts x {len(seeds)} seeds")
+    print("| sampling | decoder | forwards / image | vs plain | image tokens / forward | s / image (CPU) |")
+    print("|---|---|---|---|---|---|")
+    plain = {r["mode"]: r["forwards"] for r in rows if r["decoder"] == "plain"}
+    for r in rows:
+        print(f"| {r['mode']} | {r['decoder']} | {r['forwards']:.1f} | {r['forwards'] / plain[r['mode']]:.2f} | "
+              f"{r['per_forward']:.2f} | {r['seconds']:.3f} |")
+
+
+# ----------------------------------------------------------------------------- shapes-eval rows
+def register_methods(window: int):
+    """Add SJD and best-of-N (likelihood scorer) as bench.shapes_eval methods."""
+    from bench import shapes_eval
+
+    def sjd(model, prompt, *, task, width, height, seeds, sampling, condition_codes=None):
+        return generate(model, prompt, width, height, task=task, seeds=seeds, sampling=sampling,
+                        condition_codes=condition_codes, decoder=SJDecoder(window=window))
+
+    def best_of(n):
+        def method(model, prompt, *, task, width, height, seeds, sampling, condition_codes=None):
+            picked, forwards = [], 0
+            for s in seeds:  # candidates s*n .. s*n+n-1: disjoint across requested seeds
+                out = best_of_n(model, prompt, width, height, n=n, seed=s * n, chunk_size=n, task=task,
+                                sampling=sampling, condition_codes=condition_codes)
+                picked.append(out.best_codes)
+                forwards += sum(st.forwards for st in out.stats)
+            return GenerationResult(codes=torch.cat(picked), layout=out.layout, task=out.task, seeds=list(seeds),
+                                    prompt=prompt, stats=DecodeStats(forwards=forwards))
+        return method
+
+    shapes_eval.register_method(f"sjd{window}", sjd)
+    shapes_eval.register_method("best_of_4", best_of(4))
+    shapes_eval.register_method("best_of_8", best_of(8))
+    return shapes_eval
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--shapes-eval", action="store_true", help="also shapes-eval rows (needs the demo model)")
+    p.add_argument("--n", type=int, default=20, help="shapes-eval images per category")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    model, movqgan, defaults, label = load_model(a.size)
+    seeds = list(range(a.seeds))
+    rows = forwards_table(model, defaults, a.size, seeds, a.window)
+    print_forwards(rows, label, a.size, seeds)
+    if a.shapes_eval:
+        if movqgan is None:
+            sys.exit("shapes-eval needs the demo model: build it first (python -m demo.build_demo)")
+        se = register_methods(a.window)
+        opts = sampling_settings(defaults)["sampled"]
+        cases = se.build_cases(a.n)
+        results = []
+        for method in ("plain", f"sjd{a.window}", "best_of_4", "best_of_8"):
+            setting = se.Setting(method, opts.cfg, opts.temperature, opts.top_k)
+            results.append((setting, se.evaluate(model, movqgan, cases, setting, batch=16)))
+            print(f"done {setting.label()}: overall {results[-1][1].get('overall', float('nan')):.3f}", flush=True)
+        print()
+        print(se.markdown_table(results))
+
+
+if __name__ == "__main__":
+    main()
