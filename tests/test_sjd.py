@@ -27,6 +27,14 @@ def test_greedy_sjd_equals_plain_greedy_t2i(model, init):
     assert sjd.stats.image_tokens == plain.stats.image_tokens == 64
 
 
+@pytest.mark.parametrize("guidance", [dict(cfg=1.0), dict(cfg=6.0, cfg_mode="upstream")], ids=["no-cfg", "upstream-cfg"])
+def test_greedy_sjd_follows_every_guidance_mode(model, guidance):
+    kw = dict(top_k=1, seed=0, **guidance)
+    plain = generate(model, "two green squares", 32, 32, **kw)
+    assert torch.equal(generate(model, "two green squares", 32, 32, decoder=SJDecoder(window=5), **kw).codes,
+                       plain.codes)
+
+
 @pytest.mark.parametrize("window", [3, 16])
 def test_greedy_sjd_equals_plain_greedy_dual_panel(model, window):
     cond = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1))
