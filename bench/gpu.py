@@ -281,19 +281,25 @@ class Bench:
         self.weights_bytes = weights
         self.plain_forwards = self.plan.layout.gen_rows * self.plan.layout.w_lat - 1
         self.sjd_forwards = (self.plain_forwards + 1) / a.sjd_accept
+        want = set(a.modes)
         with torch.inference_mode():
-            attn = a.attention
-            self.guard("eager", self.mode_plain, "eager", attn, False)
-            self.guard("graphs", self.mode_plain, "graphs", attn, True)
-            compiled = self.guard("graphs+compile", self.mode_plain, "graphs+compile", attn, True, True)
-            self.guard("sjd16", self.mode_sjd, "sjd16 graphs" + ("+compile" if compiled else ""), attn, compiled)
-            if self.guard("int8 quantize", self.quantize):
+            attn, compiled = a.attention, False
+            if "eager" in want:
+                self.guard("eager", self.mode_plain, "eager", attn, False)
+            if "graphs" in want:
+                self.guard("graphs", self.mode_plain, "graphs", attn, True)
+            if "compile" in want:
+                compiled = self.guard("graphs+compile", self.mode_plain, "graphs+compile", attn, True, True)
+            if "sjd" in want:
+                self.guard("sjd16", self.mode_sjd, "sjd16 graphs" + ("+compile" if compiled else ""), attn, compiled)
+            if "int8" in want and self.guard("int8 quantize", self.quantize):
                 kernel = next(m.kernel for m in self.model.modules() if isinstance(m, Int8Linear))
                 self.guard("int8 graphs", self.mode_plain, f"int8[{kernel}] graphs", attn, True)
-                compiled = self.guard("int8 graphs+compile", self.mode_plain, f"int8[{kernel}] graphs+compile",
-                                      attn, True, True)
-                self.guard("int8 sjd16", self.mode_sjd,
-                           f"int8[{kernel}] sjd16 graphs" + ("+compile" if compiled else ""), attn, compiled)
+                compiled = "compile" in want and self.guard(
+                    "int8 graphs+compile", self.mode_plain, f"int8[{kernel}] graphs+compile", attn, True, True)
+                if "sjd" in want:
+                    self.guard("int8 sjd16", self.mode_sjd,
+                               f"int8[{kernel}] sjd16 graphs" + ("+compile" if compiled else ""), attn, compiled)
         self.report()
 
     def guard(self, name, fn, *args) -> bool:
@@ -421,6 +427,8 @@ def main(argv=None):
                    help="KV lengths (slots incl. the prompt) to time at")
     p.add_argument("--bucket", type=int, default=512, help="graph attention-length bucket")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "matmul"], help="attention backend")
+    p.add_argument("--modes", type=lambda s: s.split(","), default=["eager", "graphs", "compile", "sjd", "int8"],
+                   help="comma-separated subset of eager,graphs,compile,sjd,int8")
     p.add_argument("--sjd-accept", type=float, default=2.2, help="image codes per SJD forward for s/image")
     p.add_argument("--budget-s", type=float, default=360, help="skip remaining modes after this many seconds")
     p.add_argument("--json", default=None, help="also write the results here")
