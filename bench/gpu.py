@@ -221,8 +221,14 @@ class Bench:
         return self.clock.time(one, n=max(5, self.args.steps // 4), warm=3)
 
     def check_small(self, forward, sjd: bool) -> float:
-        """Greedy decode of a 128x128 image; share of its codes equal to the eager plain decode with the
-        same weights and attention backend (1.000 expected: graphs, buckets and SJD change no token)."""
+        """Token check on a 128x128 image with the same weights and attention backend.
+
+        Plain modes: teacher-forced greedy agreement with the eager decode (the eager greedy codes are
+        fed, and each step's argmax is compared with them), so one rounding difference does not
+        cascade; ~1.000 means the fast path computes the same thing. SJD: its free-running greedy codes
+        vs plain greedy through the same runner (equal in exact arithmetic; bf16 window vs one-token
+        rounding can flip a near-tie, and everything after it then differs).
+        """
         key = (self.weights_tag, self.model.model.layers[0].self_attn.backend)
         if key not in self.references:
             compiled = self.model.model.layers[0]._compiled_call_impl is not None
@@ -232,9 +238,28 @@ class Bench:
         if sjd:
             codes, _ = SJDecoder(window=16, forward=forward).sample(self.model, self.small, self.special, [0],
                                                                      self.greedy)
-        else:
-            codes, _ = sample_plain(self.model, self.small, self.special, [0], self.greedy, forward=forward)
-        return float((codes == self.references[key]).float().mean())
+            plain, _ = sample_plain(self.model, self.small, self.special, [0], self.greedy, forward=forward)
+            return float((codes == plain).float().mean())
+        return float((self.forced_argmax(forward, self.references[key]) == self.references[key]).float().mean())
+
+    def forced_argmax(self, forward, codes: torch.Tensor) -> torch.Tensor:
+        """The greedy code at every position of the small image while `codes` [1, h, w] are fed."""
+        lay, sp = self.small.layout, self.special
+        session = Session(self.model, self.small, 1, True, forward=forward)
+        logits = session.prefill(self.rows)
+        picks = torch.empty_like(codes)
+        counter = torch.zeros(1, dtype=torch.long, device=self.device)
+        row_end = torch.full((1, 1), sp.row_end, dtype=torch.long, device=self.device)
+        for r in range(lay.gen_rows):
+            for c in range(lay.w_lat):
+                picks[:, r, c] = pick_codes(logits, session, self.greedy, self.greedy.cfg, self.seed_t, counter)[0]
+                if r == lay.gen_rows - 1 and c == lay.w_lat - 1:
+                    break
+                tokens = (codes[:, r, c] + sp.image_code_start).view(1, 1)
+                if c == lay.w_lat - 1:
+                    tokens = torch.cat([tokens, row_end], 1)
+                logits = session.step(tokens, self.rows)[:, -1]
+        return picks
 
     def record(self, mode, ms, floor_ms, forwards, check, note=""):
         mean_ms = integrate(self.contexts, ms, self.span())
@@ -382,8 +407,10 @@ class Bench:
             ms = " | ".join(f"{m:.2f}" for m in r["ms"])
             print(f"| {r['mode']} | {ms} | {r['s_per_image']:.1f} | {r['floor_s']:.1f} | {r['x_floor']:.2f} | "
                   f"{r['tok_s']:.0f} | {r['peak_gib']:.1f} | {r['check']:.3f} | {r['note']} |")
-        print("greedy check: share of a 128x128 greedy image's codes equal to the eager plain decode with the same "
-              "weights and attention (1.000 = identical tokens). x floor = measured / (bytes per step / copy bandwidth).")
+        print("greedy check (128x128 image, same weights and attention): plain modes = teacher-forced share of steps "
+              "whose greedy code equals the eager decode's (1.000 = same tokens); SJD = its greedy codes vs plain "
+              "greedy through the same runner, free-running (a bf16 near-tie flip makes the rest differ). "
+              "x floor = measured / (bytes per step / copy bandwidth).")
         print(f"peak memory target: weights + KV + 2 GiB = {(self.weights_bytes + self.kv_bytes) / GIB + 2:.1f} GiB "
               f"(bf16 weights before int8: see the bf16 rows)")
         if self.micro_rows:

@@ -39,9 +39,10 @@ if triton is not None:
             kk = k0 + rk
             x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
                         mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-            w = tl.load(w_ptr + rn[None, :] * stride_wn + kk[:, None],
-                        mask=(rn[None, :] < N) & (kk[:, None] < K), other=0)
-            acc += tl.dot(x, w.to(x.dtype))
+            # [BLOCK_N, BLOCK_K] with K fastest: each row of w is read as one contiguous run (coalesced)
+            w = tl.load(w_ptr + rn[:, None] * stride_wn + kk[None, :],
+                        mask=(rn[:, None] < N) & (kk[None, :] < K), other=0)
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)))
         s = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
         out = acc * s[None, :]
         tl.store(o_ptr + rm[:, None] * stride_om + rn[None, :], out.to(o_ptr.dtype.element_ty),

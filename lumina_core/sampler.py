@@ -46,7 +46,9 @@ class Session:
         self.forward = forward or model.forward_step
         self.rows = n_images * (2 if use_cfg else 1)
         prompt_len = len(plan.cond_ids)
-        self.cache = KVCache.for_model(model, self.rows, prompt_len + plan.layout.generated_tokens + slack)
+        # a multiple of 64 slots: attending over the whole cache (last graph bucket) keeps bf16 GEMM rows aligned
+        slots = -(-(prompt_len + plan.layout.generated_tokens + slack) // 64) * 64
+        self.cache = KVCache.for_model(model, self.rows, slots)
         self.prefill_chunk = prefill_chunk
         self.stats = DecodeStats(prefill_tokens=prompt_len)
 

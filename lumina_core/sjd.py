@@ -113,8 +113,8 @@ class JacobiRun:
     def _init_drafts(self, pos, done):
         """Fresh drafts at positions pos [B, k]: (codes, q) with q [B, k, V] the law they were drawn from."""
         B, k = pos.shape
-        noise = rng.gumbel(self.seed_t, self.counter[pos], self.V, rng.STREAM_INIT)
-        codes = noise.argmax(-1)
+        u = rng.uniform(self.seed_t, self.counter[pos], 1, rng.STREAM_INIT)[..., 0]
+        codes = (u * self.V).long().clamp_(max=self.V - 1)                 # uniform over the codes
         one_hot_q = self.cfg.mode == "upstream"  # upstream treats its random drafts as certain
         q = torch.full((B, k, self.V), 1.0 / self.V, device=self.dev)
         if self.cfg.init == "spatial":
