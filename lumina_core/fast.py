@@ -54,8 +54,11 @@ class StepRunner:
         kv = self.kv_bucket(kv_len, cache.max_len)
         if not self.use_graphs:
             return self.step(tokens, cache, slots, kv, rows, last_only)
-        # a graph holds the cache's addresses: recapture when the storage changes (a new generation)
-        cache_id = tuple(t.data_ptr() for t in cache.k + cache.v) + (cache.starts.data_ptr(),)
+        # a graph holds the addresses of the cache and of the weights: recapture when either moves
+        # (a new generation's cache; a host that offloads or reloads weights, e.g. ComfyUI low-VRAM)
+        cache_id = (tuple(t.data_ptr() for t in cache.k + cache.v) + (cache.starts.data_ptr(), tuple(cache.k[0].shape))
+                    + tuple(t.data_ptr() for t in self.model.parameters())
+                    + tuple(t.data_ptr() for t in self.model.buffers()))
         if cache_id != self._cache_id:
             self.reset()
             self._cache_id = cache_id
