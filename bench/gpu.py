@@ -213,10 +213,11 @@ class Bench:
     # -- one SJD window at a fixed KV length: JacobiRun.iterate with its state pinned there
     def sjd_ms(self, run: JacobiRun, context: int) -> float:
         body = context - run.base
-        done = torch.full((1,), body, dtype=torch.long, device=self.device)
 
-        def one():
-            run.done, run.fed, run.done_host = done, done - 1, [body]
+        def one():  # in place: a captured verification graph holds these tensors
+            run.done.fill_(body)
+            run.fed.fill_(body - 1)
+            run.done_host = [body]
             run.iterate()
         return self.clock.time(one, n=max(5, self.args.steps // 4), warm=3)
 
@@ -236,8 +237,8 @@ class Bench:
             self.references[key] = sample_plain(self.model, self.small, self.special, [0], self.greedy)[0]
             compile_layers(self.model, enable=compiled)
         if sjd:
-            codes, _ = SJDecoder(window=16, forward=forward).sample(self.model, self.small, self.special, [0],
-                                                                     self.greedy)
+            codes, _ = SJDecoder(window=16, forward=forward, graphs=self.args.sjd_graphs).sample(
+                self.model, self.small, self.special, [0], self.greedy)
             plain, _ = sample_plain(self.model, self.small, self.special, [0], self.greedy, forward=forward)
             return float((codes == plain).float().mean())
         return float((self.forced_argmax(forward, self.references[key]) == self.references[key]).float().mean())
@@ -317,6 +318,11 @@ class Bench:
                 compiled = self.guard("graphs+compile", self.mode_plain, "graphs+compile", attn, True, True)
             if "sjd" in want:
                 self.guard("sjd16", self.mode_sjd, "sjd16 graphs" + ("+compile" if compiled else ""), attn, compiled)
+                if a.sjd_graphs:
+                    a.sjd_graphs = False
+                    self.guard("sjd16 eager verify", self.mode_sjd,
+                               "sjd16 graphs" + ("+compile" if compiled else "") + ", eager verification", attn, compiled)
+                    a.sjd_graphs = True
             if "int8" in want and self.guard("int8 quantize", self.quantize):
                 kernel = next(m.kernel for m in self.model.modules() if isinstance(m, Int8Linear))
                 self.guard("int8 graphs", self.mode_plain, f"int8[{kernel}] graphs", attn, True)
@@ -362,7 +368,8 @@ class Bench:
         self.model.set_attention_backend(attention)
         compile_layers(self.model, enable=compiled)
         runner = StepRunner(self.model, bucket=self.args.bucket)
-        run = JacobiRun(SJDecoder(window=16, forward=runner), self.model, self.plan, self.special, [0], self.opts)
+        run = JacobiRun(SJDecoder(window=16, forward=runner, graphs=self.args.sjd_graphs), self.model, self.plan,
+                        self.special, [0], self.opts)
         run.start()
         ms = [self.sjd_ms(run, c) for c in self.contexts]
         del run
@@ -454,6 +461,8 @@ def main(argv=None):
                    help="KV lengths (slots incl. the prompt) to time at")
     p.add_argument("--bucket", type=int, default=512, help="graph attention-length bucket")
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "matmul"], help="attention backend")
+    p.add_argument("--no-sjd-graphs", dest="sjd_graphs", action="store_false",
+                   help="run SJD's verification math eagerly instead of as a CUDA graph")
     p.add_argument("--modes", type=lambda s: s.split(","), default=["eager", "graphs", "compile", "sjd", "int8"],
                    help="comma-separated subset of eager,graphs,compile,sjd,int8")
     p.add_argument("--sjd-accept", type=float, default=2.2, help="image codes per SJD forward for s/image")

@@ -26,6 +26,7 @@ residual. Combine with top_n_sigma=1 to match its sampling as well.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ from .errors import GenerationCancelled, InputError
 from .logits import SamplingOptions, draw, guide, truncate
 from .sampler import CancelFn, ProgressFn, Session, code_logprob, guidance_schedule, pick_codes
 from .tasks import PromptPlan
+
+log = logging.getLogger(__name__)
 
 INITS = ("random", "spatial")
 MODES = ("exact", "upstream")
@@ -49,11 +52,14 @@ class SJDecoder:
     init: "random" (uniform codes) or "spatial" (the code one row above when it is known).
     mode: "exact" (lossless) or "upstream" (upstream's acceptance/resampling, not lossless).
     forward: optional cached-step function (a fast.py runner); default model.forward_step.
+    graphs: on CUDA, replay the verification math (guidance, acceptance, residual and re-draws: ~100
+    small kernels per window) as one CUDA graph; falls back to eager if capture fails.
     """
     window: int = 16
     init: str = "random"
     mode: str = "exact"
     forward: object = None
+    graphs: bool = False
 
     def __post_init__(self):
         if self.window < 2:
@@ -66,6 +72,11 @@ class SJDecoder:
     def sample(self, model, plan: PromptPlan, special, seeds: list[int], opts: SamplingOptions,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None):
         return JacobiRun(self, model, plan, special, seeds, opts.validated()).run(progress, cancel)
+
+
+def _one_hot(codes: torch.Tensor, n: int) -> torch.Tensor:
+    """float one-hot without F.one_hot's value check (a host sync, not allowed in a CUDA graph)."""
+    return torch.zeros(*codes.shape, n, device=codes.device).scatter_(-1, codes.unsqueeze(-1), 1.0)
 
 
 class JacobiRun:
@@ -96,7 +107,9 @@ class JacobiRun:
         self.scale = schedule.at(absolute.clamp(max=lay.h_lat * (self.w + 1) - 1)) if schedule.values is not None \
             else opts.cfg
         # body tokens as ids; the condition rows above stay available for the spatial init
-        self.prefix = plan.cond_ids[len(plan.cond_ids) - i0:] if i0 else []
+        prefix = plan.cond_ids[len(plan.cond_ids) - i0:] if i0 else []
+        self.cond_row = (torch.tensor(prefix[-(self.w + 1):-1], device=dev) - special.image_code_start
+                         if prefix else None)
         self.tokens = torch.full((self.B, self.N + self.L), special.row_end, dtype=torch.long, device=dev)
 
     # ----------------------------------------------------------------- helpers
@@ -121,18 +134,16 @@ class JacobiRun:
             above = pos - (self.w + 1)
             known = (above >= 0) & (above < done[:, None])
             above_codes = self.tokens.gather(1, above.clamp(min=0)) - self.special.image_code_start
-            if self.prefix:  # above the first generated row: the condition's last row
-                cond_row = torch.tensor(self.prefix[-(self.w + 1):-1], device=self.dev) - self.special.image_code_start
+            if self.cond_row is not None:  # above the first generated row: the condition's last row
                 from_prefix = (above < 0) & (above >= -(self.w + 1))
-                above_codes = torch.where(from_prefix, cond_row[(above + self.w + 1).clamp(0, self.w - 1)],
+                above_codes = torch.where(from_prefix, self.cond_row[(above + self.w + 1).clamp(0, self.w - 1)],
                                           above_codes)
                 known = known | from_prefix
-            known = known & ~self.structural[pos] & ~self.structural[(above).clamp(min=0)]
+            known = known & ~self.structural[pos] & ~self.structural[above.clamp(min=0)]
             codes = torch.where(known, above_codes.clamp(0, self.V - 1), codes)
-            one_hot = torch.nn.functional.one_hot(codes, self.V).float()
-            q = torch.where(known[..., None], one_hot, q)
+            q = torch.where(known[..., None], _one_hot(codes, self.V), q)
         if one_hot_q:
-            q = torch.nn.functional.one_hot(codes, self.V).float()
+            q = _one_hot(codes, self.V)
         return codes, q
 
     def _redraw(self, scores, pos, iteration):
@@ -169,12 +180,21 @@ class JacobiRun:
         resampled = draw(resid_scores, rng.gumbel(self.seed_t, self.counter[pos], self.V, rng.STREAM_RESIDUAL))
         return torch.where(rejected, resampled, fresh)
 
-    def _forward(self, tokens, fed):
-        """One batched-CFG window forward; rows write at base + fed[b] + 0..L-1."""
-        s = self.session
-        slots = self.base + fed[:, None] + torch.arange(self.L, device=self.dev)
-        if s.use_cfg:
+    def _window(self):
+        """The next window's tokens and slots [rows, L]: the last final token, then the drafts; row b
+        writes at base + fed[b] + 0..L-1."""
+        sp = self.special
+        draft_pos = self.done[:, None] + self.ar[:-1]
+        draft_ids = torch.where(self.structural[draft_pos], sp.row_end, self.drafts + sp.image_code_start)
+        tokens = torch.cat([self.tokens.gather(1, (self.done - 1)[:, None]), draft_ids], 1)
+        slots = self.base + self.fed[:, None] + self.ar
+        if self.session.use_cfg:
             tokens, slots = torch.cat([tokens, tokens]), torch.cat([slots, slots])
+        return tokens, slots
+
+    def _forward(self, tokens, slots):
+        """One batched-CFG window forward."""
+        s = self.session
         kv_len = self.base + int(self.fed_max) + self.L
         s.cache.length = kv_len
         s.stats.forwards += 1
@@ -197,21 +217,48 @@ class JacobiRun:
         self.fed = torch.zeros(B, dtype=torch.long, device=dev)    # of which in the cache (done - 1)
         self.drafts, self.q = self._init_drafts(self.done[:, None] + self.ar[:-1], self.done)
         self.done_host = [1] * B
+        self.use_graph = self.cfg.graphs and dev.type == "cuda"
+        self._graph, self._logits_buf = None, None
 
     def finished(self) -> bool:
         return min(self.done_host) >= self.N
 
     def iterate(self) -> None:
-        """One window per image: forward, verify, correct, roll forward, re-draft."""
+        """One window per image: forward, then verify, correct, roll forward and re-draft (_advance)."""
+        self.fed_max = max(self.done_host) - 1
+        logits = self._forward(*self._window())
+        self._advance_step(logits)
+        self.done_host = self.done.tolist()
+
+    def _advance_step(self, logits) -> None:
+        """_advance, replayed from a CUDA graph when enabled (captured on the second window: the first
+        runs eagerly and warms everything up; the state tensors are updated in place, so the graph
+        always reads and writes the live state)."""
+        if not self.use_graph:
+            return self._advance(logits)
+        if self._graph is None and self._logits_buf is None:
+            self._logits_buf = logits.clone()
+            return self._advance(logits)
+        try:
+            if self._graph is None:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._advance(self._logits_buf)
+                self._graph = graph
+            self._logits_buf.copy_(logits)
+            self._graph.replay()
+        except RuntimeError as e:  # capture failed: stay eager for the rest of this generation
+            log.warning("SJD verification graph disabled (%s); continuing eagerly", e)
+            self.use_graph, self._graph = False, None
+            self._advance(logits)
+
+    def _advance(self, logits) -> None:
         B, L, N, ar, sp = self.B, self.L, self.N, self.ar, self.special
         arB = torch.arange(B, device=self.dev)
         done, fed = self.done, self.fed
         active = done < N
-        self.fed_max = max(d - 1 for d in self.done_host)
-        draft_pos = done[:, None] + ar[:-1]                                        # [B, L-1]
+        draft_pos = done[:, None] + ar[:-1]                                          # [B, L-1]
         draft_ids = torch.where(self.structural[draft_pos], sp.row_end, self.drafts + sp.image_code_start)
-        last = self.tokens.gather(1, (done - 1)[:, None])
-        logits = self._forward(torch.cat([last, draft_ids], 1), fed)
         out_pos = done[:, None] + ar                                                 # [B, L]
         guided, scores = self._scores(logits, out_pos)
         p = scores.softmax(-1)
@@ -230,19 +277,18 @@ class JacobiRun:
         is_code = final & ~self.structural[out_pos]
         code_ids = (window_ids - sp.image_code_start).clamp(0, self.V - 1)
         self.logprob += (code_logprob(guided, code_ids) * is_code).sum(1)
-        # advance; the window's other samples become the next drafts (Jacobi update)
-        self.fed = torch.where(active, fed + 1 + k, fed)
+        # advance (in place); the window's other samples become the next drafts (Jacobi update)
+        fed.copy_(torch.where(active, fed + 1 + k, fed))
         self.iters += active.long()
         redrawn, p_now = self._redraw(scores, out_pos, self.iters)
-        self.done = done + torch.where(active, k + has_new.long(), 0)
-        nxt = self.done[:, None] + ar[:-1]                                           # next draft positions
+        done.add_(torch.where(active, k + has_new.long(), 0))
+        nxt = done[:, None] + ar[:-1]                                                # next draft positions
         src = nxt - out_pos[:, :1]                                                   # their window output index
         carried = src <= L - 1
         src = src.clamp(max=L - 1)
-        fresh_codes, fresh_q = self._init_drafts(nxt.clamp(max=N + L - 1), self.done)
-        self.drafts = torch.where(carried, redrawn.gather(1, src), fresh_codes)
-        self.q = torch.where(carried[..., None], p_now.gather(1, src[..., None].expand(-1, -1, self.V)), fresh_q)
-        self.done_host = self.done.tolist()
+        fresh_codes, fresh_q = self._init_drafts(nxt.clamp(max=N + L - 1), done)
+        self.drafts.copy_(torch.where(carried, redrawn.gather(1, src), fresh_codes))
+        self.q.copy_(torch.where(carried[..., None], p_now.gather(1, src[..., None].expand(-1, -1, self.V)), fresh_q))
 
     def run(self, progress, cancel):
         t0 = time.perf_counter()

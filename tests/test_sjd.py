@@ -46,7 +46,7 @@ def test_greedy_sjd_equals_plain_greedy_dual_panel(model, window):
 
 
 def test_sampled_sjd_seed_is_batch_independent(model):
-    kw = dict(cfg=3.0, top_k=20, decoder=SJDecoder(window=6))
+    kw = dict(cfg=3.0, top_k=20, decoder=SJDecoder(window=6, graphs=True))  # graphs: CUDA only, eager here
     batch = generate(model, "a red circle", 64, 64, seed=7, batch_size=3, **kw)
     alone = generate(model, "a red circle", 64, 64, seed=8, **kw)
     assert torch.equal(batch.codes[1], alone.codes[0])
