@@ -138,11 +138,14 @@ def quantize_int8_(model: nn.Module, backend: str = "auto", kernel: str = "auto"
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
         quantize_(model, Int8WeightOnlyConfig(),
                   filter_fn=lambda m, name: isinstance(m, nn.Linear) and m is not head)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and (not use_torchao or child is head) and (include_head or child is not head):
-                setattr(parent, name, Int8Linear.from_linear(child, kernel))
-                del child
+    def wanted(child) -> bool:
+        return isinstance(child, nn.Linear) and (not use_torchao or child is head) and (include_head or child is not head)
+
+    # hold parents and names only, so each float layer is freed as soon as it is replaced
+    targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children() if wanted(child)]
+    del head
+    for parent, name in targets:
+        setattr(parent, name, Int8Linear.from_linear(getattr(parent, name), kernel))
     return model
 
 
