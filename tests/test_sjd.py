@@ -137,8 +137,9 @@ def plain_samples(sharp_model):
     return _samples(sharp_model, None, first_seed=0)
 
 
-def test_sampled_sjd_has_the_plain_sampling_distribution(sharp_model, plain_samples):
-    sjd = _samples(sharp_model, SJDecoder(window=8), first_seed=100_000)
+@pytest.mark.parametrize("coupled", [True, False], ids=["coupled-redraws", "independent-redraws"])
+def test_sampled_sjd_has_the_plain_sampling_distribution(sharp_model, plain_samples, coupled):
+    sjd = _samples(sharp_model, SJDecoder(window=8, coupled=coupled), first_seed=100_000)
     assert _min_p_value(plain_samples, sjd) > ALPHA / len(POSITIONS)
 
 
