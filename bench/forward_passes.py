@@ -56,7 +56,10 @@ def sampling_settings(defaults: dict) -> dict[str, SamplingOptions]:
 def forwards_table(model, defaults: dict, size: int, seeds: list[int], window: int) -> list[dict]:
     rows = []
     for mode, opts in sampling_settings(defaults).items():
-        for name, decoder in [("plain", None), (f"SJD L={window} random init", SJDecoder(window=window)),
+        for name, decoder in [("plain", None),
+                              (f"SJD L={window} random init, independent re-drafts",
+                               SJDecoder(window=window, coupled=False)),
+                              (f"SJD L={window} random init", SJDecoder(window=window)),
                               (f"SJD L={window} spatial init", SJDecoder(window=window, init="spatial"))]:
             per_image, codes, t = [], 0, time.perf_counter()
             for prompt in PROMPTS:
@@ -114,7 +117,7 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--shapes-eval", action="store_true", help="also shapes-eval rows (needs the demo model)")
     p.add_argument("--n", type=int, default=20, help="shapes-eval images per category")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (more only add contention for tiny models)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     model, movqgan, defaults, label = load_model(a.size)
