@@ -28,8 +28,8 @@ class ConditionEncoder(io.ComfyNode):
             inputs=[
                 ImageTokenizerType.Input("image_tokenizer", tooltip="The MoVQGAN that belongs to the model."),
                 io.Image.Input("image", tooltip="The condition: a photo (with canny preprocessing) or a ready-made "
-                                                "canny/depth/pose map (with preprocessing 'none'). Only the first "
-                                                "image of a batch is used."),
+                                                "canny/depth/pose map (with preprocessing 'none'). One image: "
+                                                "pick one of a batch with Image From Batch."),
                 io.Combo.Input("preprocess", options=list(maps.PREPROCESSORS), default="none",
                                tooltip="none: use the image as it is (a depth or pose map you made elsewhere, or a "
                                        "subject photo). canny: white-on-black Canny edges (OpenCV), for "
