@@ -71,3 +71,17 @@ def test_matmul_attention_matches_sdpa(model, reference):
         assert torch.equal(sjd.codes, reference["sjd"])
     finally:
         model.set_attention_backend("sdpa")
+
+
+def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes():
+    """bench/gpu.py is run on a GPU by hand; its --tiny mode keeps the script itself from rotting."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu.py"), "--tiny", "--steps", "1",
+                           "--contexts", "200", "--modes", "graphs,sjd,int8", "--no-micro"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "ms @" not in line]
+    assert len(rows) >= 4 and not any("failed" in r for r in rows), done.stdout[-3000:]
