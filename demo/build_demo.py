@@ -1,0 +1,169 @@
+"""One command that trains the shapes demo from scratch and writes the shipped files:
+
+    demo_model/movqgan_shapes_demo.safetensors          MoVQGAN image tokenizer (fp16)
+    demo_model/lumina-mgpt2-shapes-demo/                transformer checkpoint folder (released layout)
+        config.json  model.safetensors (fp16)  tokenizer.json  tokenizer_config.json
+        generation_config.json (recommended sampling)  README.md (model card)  training_report.json
+
+    python -m demo.build_demo                    # the full recipe on CPU (2 threads)
+    python -m demo.build_demo --device cuda      # the same recipe on a GPU, much faster
+    python -m demo.build_demo --out /tmp/d --movqgan-steps 20 --transformer-steps 20   # smoke run
+
+Every stage is seeded; data is generated on the fly from (seed, step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict
+
+import torch
+
+from lumina_core import MoVQGAN, TextTokenizer
+from lumina_core.checkpoint_writer import save_tokenizer
+
+from . import DEMO_MODEL_NAME, DEMO_MOVQGAN, DEMO_ROOT, GENERATION_CONFIG
+from . import train_movqgan, train_transformer
+from .shapes import COLOUR_NAMES, HELD_OUT, REGIONS, SHAPES
+from .train_tokenizer import build_tokenizer
+
+# Recommended sampling for the demo, picked from the accuracy-vs-guidance table in
+# docs/benchmarks/shapes_eval.md (bench/shapes_eval.py).
+DEMO_SAMPLING = {"task": "t2i", "width": 64, "height": 64, "cfg": 2.0, "top_k": 0, "temperature": 1.0,
+                 "top_p": 1.0, "guidance_top_k": 0}
+
+
+def write_generation_config(folder: str, sampling: dict = DEMO_SAMPLING) -> None:
+    with open(os.path.join(folder, GENERATION_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(sampling, f, indent=1)
+
+
+MODEL_CARD = """# Lumina-mGPT 2.0 shapes DEMO (not the real model)
+
+A {params:.1f}M-parameter model of the **same classes and file layout** as Lumina-mGPT 2.0 (Chameleon-style
+decoder + SBER-MoVQGAN image tokenizer, f=8), trained from scratch on procedural images of 1-3 flat shapes.
+It exists so the ComfyUI pack can be tried and tested on a laptop CPU; it knows nothing but shapes.
+
+- Images: 64x64 (t2i) and 64x128 dual panels (`pair_canny`: image above, Canny edge map below;
+  `control_canny`: edge map above as the condition, image below).
+- Vocabulary: shapes {shapes}; colours {colours}; regions {regions}; sizes small/large; relations
+  "to the left of", "to the right of", "above", "below"; counts two/three. Example prompts:
+  "a red circle on the left on a blue background", "a green square to the left of a yellow triangle",
+  "three purple diamonds".
+- Held out of training (never shown in any image, used to test composition), colour/shape/region:
+  {held_out}.
+- Recommended sampling (generation_config.json): {sampling}.
+
+## Files
+`config.json`, `model.safetensors` (fp16), `tokenizer.json` (byte-level BPE + Lumina special tokens under
+their real names), `tokenizer_config.json`, and the MoVQGAN next to this folder:
+`../movqgan_shapes_demo.safetensors` ({codes} codes).
+
+## Training (reproducible: `python -m demo.build_demo`)
+- MoVQGAN: {vq_steps} steps x {vq_batch} images, MSE + L1, EMA codebook with dead-code restarts.
+  Reconstruction on fresh shape images: {psnr:.1f} dB PSNR, {used}/{codes} codes used.
+- Transformer: {tf_steps} steps x {tf_batch} sequences, 10% text dropout (for CFG), {dual:.0%} of steps on
+  the dual-panel tasks; training loss over the last 100 steps {loss:.3f} (after {tf_done} steps).
+- Trained on {device} in {minutes:.1f} min. Quality tables: docs/benchmarks/shapes_eval.md.
+"""
+
+
+def write_model_card(folder: str, report: dict) -> None:
+    held = ", ".join("/".join(t) for t in HELD_OUT)
+    text = MODEL_CARD.format(
+        params=report["transformer_params"] / 1e6, shapes=", ".join(SHAPES), colours=", ".join(COLOUR_NAMES),
+        regions=", ".join(REGIONS), held_out=held, sampling=json.dumps(DEMO_SAMPLING),
+        codes=report["movqgan"]["codebook"], vq_steps=report["movqgan_config"]["steps"],
+        vq_batch=report["movqgan_config"]["batch"], psnr=report["movqgan"]["psnr_mean"],
+        used=report["movqgan"]["codes_used"], tf_steps=report["transformer_config"]["steps"],
+        tf_batch=report["transformer_config"]["batch"], dual=report["transformer_config"]["dual_share"],
+        loss=report["transformer_final_loss"], tf_done=report["transformer_steps_done"], device=report["device"], minutes=report["seconds"] / 60)
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _report(device, t0, seed, vq_cfg, vq_stats, tf_cfg, model, losses) -> dict:
+    tail = losses[-min(100, len(losses)):]
+    return {
+        "device": str(device), "seconds": time.perf_counter() - t0, "seed": seed,
+        "movqgan_config": asdict(vq_cfg), "movqgan": vq_stats,
+        "transformer_config": asdict(tf_cfg), "transformer_steps_done": len(losses),
+        "transformer_params": sum(p.numel() for p in model.parameters()),
+        "transformer_final_loss": sum(tail) / len(tail), "torch": torch.__version__,
+    }
+
+
+def write_checkpoint(folder: str, model, report: dict) -> None:
+    train_transformer.save(model, folder)
+    write_generation_config(folder)
+    with open(os.path.join(folder, "training_report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    write_model_card(folder, report)
+
+
+def build(out_root: str = DEMO_ROOT, device: str = "cpu", movqgan_steps: int | None = None,
+          transformer_steps: int | None = None, seed: int = 0, reuse_movqgan: bool = False,
+          snapshot_every: int = 0, log=print) -> dict:
+    """Train every stage and write the shipped files. reuse_movqgan: keep the MoVQGAN already in
+    out_root (retrain only tokenizer and transformer). snapshot_every: also write the checkpoint
+    every that many transformer steps, so a usable early version exists while training goes on."""
+    t0 = time.perf_counter()
+    folder = os.path.join(out_root, DEMO_MODEL_NAME)
+    movqgan_path = os.path.join(out_root, os.path.basename(DEMO_MOVQGAN))
+    os.makedirs(folder, exist_ok=True)
+
+    vq_cfg = train_movqgan.MoVQGANTrainConfig(seed=seed)
+    if movqgan_steps is not None:
+        vq_cfg.steps = movqgan_steps
+    if reuse_movqgan:
+        log(f"[1/3] MoVQGAN: reusing {movqgan_path}")
+    else:
+        log(f"[1/3] MoVQGAN: {vq_cfg}")
+        movqgan, _ = train_movqgan.train(vq_cfg, device=device, log=log)
+        train_movqgan.save(movqgan, movqgan_path)
+    # the fp16 file that ships: transformer training codes are exactly what users' encoder gives
+    shipped_vq = MoVQGAN.from_file(movqgan_path)
+    vq_stats = train_movqgan.reconstruction_stats(shipped_vq)
+    log(f"      reconstruction: {vq_stats}")
+
+    log("[2/3] tokenizer")
+    save_tokenizer(folder, build_tokenizer(shipped_vq.num_codes, seed=seed))
+    tokenizer = TextTokenizer.from_pretrained(folder)
+
+    tf_cfg = train_transformer.TransformerTrainConfig(seed=seed)
+    if transformer_steps is not None:
+        tf_cfg.steps = transformer_steps
+    log(f"[3/3] transformer: {tf_cfg}")
+
+    def snapshot(model, losses):
+        write_checkpoint(folder, model, _report(device, t0, seed, vq_cfg, vq_stats, tf_cfg, model, losses))
+        log(f"      snapshot after {len(losses)} steps -> {folder}")
+
+    model, losses = train_transformer.train(tf_cfg, tokenizer, shipped_vq, device=device, log=log,
+                                            snapshot_every=snapshot_every, on_snapshot=snapshot)
+    report = _report(device, t0, seed, vq_cfg, vq_stats, tf_cfg, model, losses)
+    write_checkpoint(folder, model, report)
+    log(f"done in {report['seconds'] / 60:.1f} min -> {out_root}")
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Train the shapes demo and write demo_model/")
+    p.add_argument("--out", default=DEMO_ROOT)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--movqgan-steps", type=int)
+    p.add_argument("--transformer-steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reuse-movqgan", action="store_true", help="keep the MoVQGAN in --out, retrain the rest")
+    p.add_argument("--snapshot-every", type=int, default=0, help="also write the checkpoint every N steps")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    build(args.out, args.device, args.movqgan_steps, args.transformer_steps, args.seed, args.reuse_movqgan,
+          args.snapshot_every)
+
+
+if __name__ == "__main__":
+    main()
