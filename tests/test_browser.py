@@ -34,8 +34,9 @@ NAMES = [os.path.basename(p)[: -len("_api.json")] for p in API_TWINS]
 @pytest.fixture(scope="module")
 def page(comfy):
     from playwright.sync_api import sync_playwright
-    # no template browser on first visit, no minimap over the canvas in screenshots
-    status, _ = comfy.request("POST", "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
+    # no template browser on first visit; no minimap or tab bar over the canvas in screenshots
+    status, _ = comfy.request("POST", "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                                                    "Comfy.Workflow.WorkflowTabsPosition": "Sidebar"})
     assert status == 200
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     with sync_playwright() as p:
@@ -89,8 +90,13 @@ def write_ui_from_api_twin(page, name: str) -> None:
     """Lay out the API twin in the frontend and save it as the UI workflow, seeds 'fixed'."""
     api = load_example(os.path.join("api", f"{name}_api.json"))
     page.evaluate("async (p) => { await window.app.loadApiJson(p, 'x.json'); }", api)
-    page.evaluate("""() => window.app.graph._nodes.forEach(n => (n.widgets || []).forEach(w => {
-        if (w.name === 'control_after_generate') w.value = 'fixed'; }))""")
+    page.evaluate("""() => {
+        for (const n of window.app.graph._nodes) {
+            (n.widgets || []).forEach(w => { if (w.name === 'control_after_generate') w.value = 'fixed'; });
+            if (n.type.endsWith('Loader')) n.setSize([Math.max(n.size[0], 440), n.size[1]]);  // full file names
+        }
+        window.app.graph.arrange(60);
+    }""")
     ui = page.evaluate("JSON.parse(JSON.stringify(window.app.graph.serialize()))")  # drops undefined fields
     with open(os.path.join(EXAMPLES, f"{name}.json"), "w", encoding="utf-8") as f:
         json.dump(ui, f, indent=1)
@@ -186,6 +192,7 @@ def test_ui_run_shows_statistics_and_equals_the_api_twin(page, comfy):
     close_banner = page.get_by_role("button", name="Try it out").locator("xpath=../../button[last()]")
     if close_banner.count():  # the frontend's "Introducing Nodes 2.0" banner covers the top of the canvas
         close_banner.click()
+        page.mouse.move(800, 700)  # no hover tooltip in the screenshot
     page.keyboard.press(".")
     page.wait_for_timeout(500)
     os.makedirs(ARTIFACTS, exist_ok=True)
