@@ -301,3 +301,14 @@ def comfy(tmp_path_factory, tiny_models, fake_hub):
 def load_example(name: str) -> dict:
     with open(os.path.join(EXAMPLES, name), encoding="utf-8") as f:
         return json.load(f)
+
+
+SAMPLING_KEYS = ("cfg", "top_k", "temperature")
+
+
+def demo_sampling() -> dict:
+    """The bundled demo's recommended sampler settings (its generation_config.json), which the examples use."""
+    path = os.path.join(ROOT, "demo_model", "lumina-mgpt2-shapes-demo", "generation_config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    return {k: config[k] for k in SAMPLING_KEYS}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES, ROOT, load_example
+from conftest import EXAMPLES, ROOT, demo_sampling, load_example
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 
@@ -87,8 +87,16 @@ def expected_widgets(info: dict) -> list[str]:
 
 
 def write_ui_from_api_twin(page, name: str) -> None:
-    """Lay out the API twin in the frontend and save it as the UI workflow, seeds 'fixed'."""
-    api = load_example(os.path.join("api", f"{name}_api.json"))
+    """Give the API twin's samplers the demo's recommended settings, then lay it out in the frontend and save it
+    as the UI workflow, seeds 'fixed'."""
+    api_path = os.path.join(EXAMPLES, "api", f"{name}_api.json")
+    api = load_example(api_path)
+    for node in api.values():
+        if node["class_type"] == "LuminaMGPT2Sampler":
+            node["inputs"].update(demo_sampling())
+    with open(api_path, "w", encoding="utf-8") as f:
+        json.dump(api, f, indent=2)
+        f.write("\n")
     page.evaluate("async (p) => { await window.app.loadApiJson(p, 'x.json'); }", api)
     page.evaluate("""() => {
         for (const n of window.app.graph._nodes) {
@@ -98,6 +106,7 @@ def write_ui_from_api_twin(page, name: str) -> None:
         window.app.graph.arrange(60);
     }""")
     ui = page.evaluate("JSON.parse(JSON.stringify(window.app.graph.serialize()))")  # drops undefined fields
+    ui.get("extra", {}).pop("ds", None)  # the viewport of this browser window, not part of the workflow
     with open(os.path.join(EXAMPLES, f"{name}.json"), "w", encoding="utf-8") as f:
         json.dump(ui, f, indent=1)
         f.write("\n")

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES, ROOT, free_port, load_example
+from conftest import EXAMPLES, ROOT, demo_sampling, free_port, load_example
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -35,6 +35,16 @@ def test_every_example_is_shipped_in_both_formats():
     for name in names:
         assert os.path.isfile(os.path.join(EXAMPLES, f"{name}.json")), f"{name}: no UI-format workflow"
         assert os.path.isfile(os.path.join(EXAMPLES, f"{name}.jpg")) or UPDATE_EXAMPLES, f"{name}: no thumbnail"
+
+
+def test_examples_use_the_demo_models_recommended_settings():
+    wanted = demo_sampling()
+    for path in API_TWINS:
+        for node in load_example(path).values():
+            if node["class_type"] == "LuminaMGPT2Sampler":
+                got = {k: node["inputs"][k] for k in wanted}
+                assert got == wanted, (f"{os.path.basename(path)} samples with {got} but the demo recommends {wanted}: "
+                                       "rerun tests/test_browser.py with LUMINA_UPDATE_EXAMPLES=1")
 
 
 @pytest.mark.parametrize("path", API_TWINS, ids=[os.path.basename(p) for p in API_TWINS])
