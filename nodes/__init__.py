@@ -9,10 +9,10 @@ from .download import Download
 from .loaders import ImageTokenizerLoader, ModelLoader
 from .sampler import Sampler
 from .select import SelectBest
-from .settings import BestOfNSettings, SJDSettings
+from .settings import BestOfNSettings, SJDSettings, SpeedSettings
 
 NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, SJDSettings,
-                                   BestOfNSettings, SelectBest, Decode, Download]
+                                   BestOfNSettings, SelectBest, Decode, Download, SpeedSettings]
 
 
 class LuminaMGPT2Extension(ComfyExtension):

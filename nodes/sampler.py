@@ -1,18 +1,22 @@
 """The sampler node: prompt (+ condition codes) -> code grids, with progress, previews and Cancel."""
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..lumina_core import InputError, TASKS, canvas_size, generate, get_task
+from ..lumina_core import FastPlain, InputError, StepRunner, TASKS, canvas_size, generate, get_task
 from ..lumina_core import best_of_n as run_best_of_n
 from ..lumina_core.generate import plan_request
 from ..lumina_core.sampler import DecodeStats
 from . import memory
 from .progress import SamplerProgress
-from .settings import sjd_decoder
+from .settings import sjd_decoder, step_function
 from .validation import choice_problem, first_problem, size_inputs, size_problem
-from .types import BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SJDType, TokensType
+from .types import BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SJDType, SpeedType, TokensType
+
+log = logging.getLogger(__name__)
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -86,6 +90,9 @@ class Sampler(io.ComfyNode):
                 BestOfNType.Input("best_of_n", optional=True,
                                   tooltip="Best-of-N settings: generate n scored candidates instead of a batch. All "
                                           "come out with their scores; Select Best keeps the best."),
+                SpeedType.Input("speed", optional=True,
+                                tooltip="GPU decode-loop options (Speed Settings node: CUDA graphs, compiled layers). "
+                                        "Not connected: the plain PyTorch loop."),
             ],
             outputs=[TokensType.Output(display_name="tokens", tooltip="The generated code grids (whole canvas), with task and "
                                                         "seeds; connect to Lumina-mGPT 2.0 Decode.")],
@@ -99,7 +106,7 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
                 temperature: float, batch_size: int, condition=None, image_tokenizer=None, sjd=None,
-                best_of_n=None) -> io.NodeOutput:
+                best_of_n=None, speed=None) -> io.NodeOutput:
         engine = model.engine
         spec = get_task(task)
         canvas_w, canvas_h = canvas_size(spec, width, height)
@@ -107,11 +114,17 @@ class Sampler(io.ComfyNode):
         check_best_of_n(best_of_n, batch_size, image_tokenizer)
         # Plan first: a prompt or size the model cannot take fails before anything is loaded.
         plan = plan_request(engine, prompt, canvas_w, canvas_h, spec, condition_codes=codes)
-        decoder, forwards = sjd_decoder(sjd, engine) if sjd is not None else (None, None)
-        window = decoder.window if decoder is not None else 1
+        window = sjd["window"] if sjd is not None else 1
         streams = batch_size * (2 if cfg != 1.0 else 1)  # best-of-N sizes its chunks to the memory left after
         extra = [image_tokenizer.patcher] if image_tokenizer is not None else []
         memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=extra)
+        step, note = step_function(speed, engine)  # after loading: CUDA graphs need the weights in place
+        if note:
+            log.info("Lumina-mGPT 2.0: %s", note)
+        if sjd is not None:
+            decoder, forwards = sjd_decoder(sjd, step)
+        else:
+            decoder, forwards = (FastPlain(step) if isinstance(step, StepRunner) else None), None
         vq = image_tokenizer.engine if image_tokenizer is not None else None
         progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat,
                                    image_tokenizer=vq, forwards=forwards)

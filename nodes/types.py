@@ -14,6 +14,7 @@ ImageTokenizerType = io.Custom("LUMINA_MGPT2_VQ")
 TokensType = io.Custom("LUMINA_MGPT2_TOKENS")
 SJDType = io.Custom("LUMINA_MGPT2_SJD")
 BestOfNType = io.Custom("LUMINA_MGPT2_BON")
+SpeedType = io.Custom("LUMINA_MGPT2_SPEED")
 
 CATEGORY = "Lumina-mGPT"
 ADVANCED = "Lumina-mGPT/advanced"

@@ -71,3 +71,17 @@ def test_load_evict_partial_and_free_on_gpu(nodes):
         assert torch.equal(partial, full)
     finally:
         patcher.unpatch_model(patcher.offload_device)
+
+
+def test_speed_settings_use_cuda_graphs_with_identical_greedy_codes(nodes):
+    model = nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "fp32", "sdpa").args[0]
+    speed = nodes.settings.SpeedSettings.execute(True, False, 64).args[0]
+    from comfy_api.latest import io
+    sampler = nodes.sampler.Sampler.PREPARE_CLASS_CLONE({io.Hidden.unique_id: "1"})
+    kw = dict(prompt="a red circle", task="t2i", width=128, height=128, seed=2, cfg=4.0, top_k=1, temperature=1.0,
+              batch_size=2)
+    eager = sampler.execute(model, **kw).args[0].codes
+    graphed = sampler.execute(model, speed=speed, **kw).args[0].codes
+    step, note = nodes.settings.step_function(speed, model.engine)
+    assert note is None and isinstance(step, nodes.settings.StepRunner) and step.use_graphs
+    assert torch.equal(graphed, eager)

@@ -199,3 +199,14 @@ def test_loader_lists_and_rejects_names(nodes):
     assert nodes.loaders.ModelLoader.validate_inputs("../" + TINY_CHECKPOINT, "auto", "sdpa") is not True
     with pytest.raises(CheckpointError, match="is a path"):
         nodes.loaders.ModelLoader.execute("../" + TINY_CHECKPOINT, "auto", "sdpa")
+
+
+def test_speed_settings_fall_back_to_the_plain_loop_off_the_gpu(nodes, model, caplog):
+    """On the CPU (or a low-VRAM partial load) CUDA graphs cannot apply: same codes as without the node."""
+    speed = nodes.settings.SpeedSettings.execute(True, False, 512).args[0]
+    step, note = nodes.settings.step_function(speed, model.engine)
+    assert "not fully on a CUDA GPU" in note and not isinstance(step, nodes.settings.StepRunner)
+    with caplog.at_level("INFO"):
+        fast = sample(nodes, model, seed=4, speed=speed).codes
+    assert torch.equal(fast, sample(nodes, model, seed=4).codes)
+    assert "speed settings skipped" in caplog.text

@@ -11,7 +11,8 @@ pytestmark = [pytest.mark.server]
 NODES_MD = os.path.join(ROOT, "NODES.md")
 NODE_ORDER = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "LuminaMGPT2Sampler",
               "LuminaMGPT2Decode", "LuminaMGPT2ConditionEncoder", "LuminaMGPT2SJDSettings",
-              "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest", "LuminaMGPT2Download"]
+              "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest", "LuminaMGPT2SpeedSettings",
+              "LuminaMGPT2Download"]
 # Combos listing files on this machine: their options and first entry differ between installs.
 FILE_LISTS = {("LuminaMGPT2ModelLoader", "checkpoint"), ("LuminaMGPT2ImageTokenizerLoader", "image_tokenizer"),
               ("LuminaMGPT2BestOfNSettings", "clip_model")}
@@ -79,7 +80,10 @@ def render(object_info: dict) -> str:
 
 
 def test_nodes_md_matches_the_server(comfy):
-    text = render(comfy.object_info())
+    info = comfy.object_info()
+    ours = {node_id for node_id, node in info.items() if node["category"].startswith("Lumina-mGPT")}
+    assert ours == set(NODE_ORDER), f"NODES.md must document every node: add {sorted(ours - set(NODE_ORDER))}"
+    text = render(info)
     if os.environ.get("LUMINA_UPDATE_DOCS") == "1":
         with open(NODES_MD, "w", encoding="utf-8") as f:
             f.write(text)
