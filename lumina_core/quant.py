@@ -79,22 +79,34 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", weight_q.contiguous())
         self.register_buffer("scale", scale.to(device=weight_q.device, dtype=dtype))
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
-        if kernel == "auto":
-            kernel = default_kernel(weight_q.device, dtype)
-        self.kernel = kernel
+        self.kernel_choice = kernel
+        self._resolved = (None, None)  # (device, kernel) of the last call: "auto" follows the weights' device
+
+    @property
+    def kernel(self) -> str:
+        return self._kernel_for(self.weight.device, self.scale.dtype)
+
+    def _kernel_for(self, device: torch.device, dtype: torch.dtype) -> str:
+        if self.kernel_choice != "auto":
+            return self.kernel_choice
+        if self._resolved[0] != (device, dtype):  # a host may move the layer (ComfyUI loads/offloads models)
+            self._resolved = ((device, dtype), default_kernel(device, dtype))
+        return self._resolved[1]
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kernel: str = "auto") -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, kernel: str = "auto", dtype: torch.dtype | None = None) -> "Int8Linear":
+        """dtype: the activation (compute) dtype; default the float layer's weight dtype."""
         q, scale = quantize_per_channel(linear.weight.detach())
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls(q, scale, bias, linear.weight.dtype, kernel)
+        return cls(q, scale, bias, dtype or linear.weight.dtype, kernel)
 
     def _matmul(self, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         if x.dtype != scale.dtype:
             x = x.to(scale.dtype)
-        if self.kernel == "triton":
+        kernel = self._kernel_for(w.device, scale.dtype)
+        if kernel == "triton":
             return w8_matmul(x, w, scale)
-        if self.kernel == "int8pack":
+        if kernel == "int8pack":
             shape = x.shape[:-1]
             return torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).contiguous(), w, scale).view(*shape, -1)
         return F.linear(x, w.to(x.dtype)) * scale
@@ -120,13 +132,14 @@ def _torchao_available() -> bool:
 
 
 def quantize_int8_(model: nn.Module, backend: str = "auto", kernel: str = "auto",
-                   include_head: bool = True) -> nn.Module:
+                   include_head: bool = True, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace the model's nn.Linear layers by int8 weight-only layers, in place, one at a time (the
     float weight of a layer is freed before the next is converted, so peak memory grows by one layer).
 
     backend: "native" (Int8Linear), "torchao" (torchao's int8 weight-only for the body; needs torchao),
     or "auto" (torchao when installed). The lm_head is always an Int8Linear (the image-code head
-    slices its rows). Returns the model.
+    slices its rows). dtype: compute dtype of the native layers (default: each layer's weight dtype).
+    Returns the model.
     """
     if backend not in BACKENDS:
         raise ValueError(f"int8 backend must be one of {BACKENDS}, got {backend!r}")
@@ -145,7 +158,7 @@ def quantize_int8_(model: nn.Module, backend: str = "auto", kernel: str = "auto"
     targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children() if wanted(child)]
     del head
     for parent, name in targets:
-        setattr(parent, name, Int8Linear.from_linear(getattr(parent, name), kernel))
+        setattr(parent, name, Int8Linear.from_linear(getattr(parent, name), kernel, dtype))
     return model
 
 
