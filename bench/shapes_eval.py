@@ -31,8 +31,8 @@ import torch
 from demo import DEMO_CHECKPOINT, DEMO_MOVQGAN, load_demo
 from demo.judge import edge_f1, judge
 from demo.shapes import (COLOUR_NAMES, COUNT_WORDS, RELATIONS, SHAPES, ObjectSpec, SceneSampler, Spec,
-                         held_out_prompts, with_article)
-from demo.train_movqgan import to_signed
+                         held_out_prompts, training_scenes, with_article)
+from demo.train_movqgan import reconstruction_stats, to_signed
 from lumina_core import SamplingOptions, decode_images, generate
 
 GENEVAL = ("single", "two", "counting", "colours", "position", "colour_attr")
@@ -89,7 +89,7 @@ def _category_prompts(category: str) -> list[tuple[str, Spec]]:
     raise ValueError(category)
 
 
-def build_cases(n: int = 200, prompts_per_category: int = 20, seed: int = 0,
+def build_cases(n: int = 200, prompts_per_category: int = 10, seed: int = 0,
                 categories=CATEGORIES) -> list[Case]:
     """About n images per category: up to `prompts_per_category` prompts (all of them for held_out),
     each on ceil(n / prompts) fixed seeds."""
@@ -192,6 +192,19 @@ def evaluate(model, movqgan, cases: list[Case], setting: Setting, batch: int = 6
     return scores
 
 
+def tokenizer_check(movqgan, n: int = 256, seed: int = 999) -> dict:
+    """The MoVQGAN alone, on fresh generator images: PSNR and codebook use (train_movqgan's measure),
+    and the judge and edge F1 on round trips, which bound what any transformer can reach through it."""
+    stats = reconstruction_stats(movqgan, n, seed)
+    scenes = training_scenes(seed, n)
+    images = np.stack([s.render() for s in scenes])
+    codes = torch.cat([movqgan.encode(to_signed(images[i:i + 64])) for i in range(0, n, 64)])
+    decoded = to_uint8(decode_images(movqgan, codes))
+    stats["judge_round_trip"] = float(np.mean([judge(d, s.spec).all_ok for d, s in zip(decoded, scenes)]))
+    stats["edge_f1_round_trip"] = float(np.mean([edge_f1(s.edges(), d) for d, s in zip(decoded, scenes)]))
+    return stats
+
+
 # ----------------------------------------------------------------------------- tables
 COLUMNS = [("single", "single"), ("two", "two obj"), ("counting", "counting"), ("colours", "colours"),
            ("position", "position"), ("colour_attr", "colour attr"), ("overall", "**overall**"),
@@ -231,7 +244,7 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=DEMO_CHECKPOINT)
     p.add_argument("--movqgan", default=DEMO_MOVQGAN)
     p.add_argument("--n", type=int, default=200, help="images per category and setting")
-    p.add_argument("--prompts", type=int, default=20, help="prompts per category (seeds = n / prompts)")
+    p.add_argument("--prompts", type=int, default=10, help="prompts per category (seeds = n / prompts)")
     p.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
     p.add_argument("--method", nargs="+", default=["plain"], help=f"sampling methods: {sorted(METHODS)}")
     p.add_argument("--cfg", nargs="+", type=float, default=[1.0, 1.5, 2.0, 3.0, 4.0])
@@ -242,12 +255,16 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write every score here")
+    p.add_argument("--tokenizer-check", action="store_true",
+                   help="also measure the MoVQGAN alone: PSNR, codes used, judge and edge F1 on round trips")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     unknown = [m for m in args.method if m not in METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
     model, movqgan, _ = load_demo(args.checkpoint, args.movqgan, device=args.device)
+    if args.tokenizer_check:
+        print("MoVQGAN round trip:", json.dumps(tokenizer_check(movqgan)), flush=True)
     cases = build_cases(args.n, args.prompts, categories=args.categories)
     rows = []
     for method, temp, top_k, gtk, cfg in itertools.product(args.method, args.temperature, args.top_k,

@@ -62,7 +62,8 @@ their real names), `tokenizer_config.json`, and the MoVQGAN next to this folder:
 `../movqgan_shapes_demo.safetensors` ({codes} codes).
 
 ## Training (reproducible: `python -m demo.build_demo`)
-- MoVQGAN: {vq_steps} steps x {vq_batch} images, MSE + L1, EMA codebook with dead-code restarts.
+- MoVQGAN: {vq_steps} steps x {vq_batch} images, MSE + L1, EMA codebook with dead-code restarts, then
+  {dec_steps} steps of the decoder alone on the frozen codes.
   Reconstruction on fresh shape images: {psnr:.1f} dB PSNR, {used}/{codes} codes used.
 - Transformer: {tf_steps} steps x {tf_batch} sequences, 10% text dropout (for CFG), {dual:.0%} of steps on
   the dual-panel tasks; training loss over the last 100 steps {loss:.3f} (after {tf_done} steps).
@@ -76,7 +77,7 @@ def write_model_card(folder: str, report: dict) -> None:
         params=report["transformer_params"] / 1e6, shapes=", ".join(SHAPES), colours=", ".join(COLOUR_NAMES),
         regions=", ".join(REGIONS), held_out=held, sampling=json.dumps(DEMO_SAMPLING),
         codes=report["movqgan"]["codebook"], vq_steps=report["movqgan_config"]["steps"],
-        vq_batch=report["movqgan_config"]["batch"], psnr=report["movqgan"]["psnr_mean"],
+        vq_batch=report["movqgan_config"]["batch"], dec_steps=report["movqgan_config"]["decoder_steps"], psnr=report["movqgan"]["psnr_mean"],
         used=report["movqgan"]["codes_used"], tf_steps=report["transformer_config"]["steps"],
         tf_batch=report["transformer_config"]["batch"], dual=report["transformer_config"]["dual_share"],
         loss=report["transformer_final_loss"], tf_done=report["transformer_steps_done"], device=report["device"], minutes=report["seconds"] / 60)
@@ -123,6 +124,9 @@ def build(out_root: str = DEMO_ROOT, device: str = "cpu", movqgan_steps: int | N
         log(f"[1/3] MoVQGAN: {vq_cfg}")
         movqgan, _ = train_movqgan.train(vq_cfg, device=device, log=log)
         train_movqgan.save(movqgan, movqgan_path)
+        if vq_cfg.decoder_steps:  # from the saved fp16 weights, so the codes are the shipped ones
+            movqgan, _ = train_movqgan.finetune_decoder(MoVQGAN.from_file(movqgan_path), vq_cfg, device, log)
+            train_movqgan.save(movqgan, movqgan_path)
     # the fp16 file that ships: transformer training codes are exactly what users' encoder gives
     shipped_vq = MoVQGAN.from_file(movqgan_path)
     vq_stats = train_movqgan.reconstruction_stats(shipped_vq)

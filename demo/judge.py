@@ -19,7 +19,7 @@ from .shapes import COLOURS, SHAPES, SIZES, Spec, canny_edges, region_of, shape_
 
 PALETTE_NAMES = tuple(COLOURS)
 PALETTE = np.array([COLOURS[n] for n in PALETTE_NAMES], dtype=np.float32)
-MIN_AREA = 20           # px at 64x64; the smallest generated shape covers about 60
+MIN_AREA = 20           # px at 64x64; the smallest generated shape covers about 100
 RELATION_MARGIN = 4.0   # px: "left of" needs the centres this far apart
 
 

@@ -36,12 +36,13 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 REGIONS = ("left", "right", "top", "bottom", "centre")
 REGION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
                   "bottom": "at the bottom", "centre": "in the centre"}
-SIZES = {"small": 7.0, "large": 11.0}          # shape "radius" in px at 64x64
+SIZES = {"small": 9.0, "large": 13.0}          # shape "radius" in px at 64x64 (about 2 and 3 latent cells)
+ROW_OF_THREE_RADIUS = 8.0                      # three in a row must fit 64 px
 RELATIONS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 COUNT_WORDS = {2: "two", 3: "three"}
 
 # Region centres (x, y) at 64x64; single shapes are jittered around them.
-REGION_CENTRES = {"left": (16, 32), "right": (48, 32), "top": (32, 16), "bottom": (32, 48), "centre": (32, 32)}
+REGION_CENTRES = {"left": (18, 32), "right": (46, 32), "top": (32, 18), "bottom": (32, 46), "centre": (32, 32)}
 
 
 def _held_out_triples(fraction: float = 0.1, seed: int = 1234) -> tuple[tuple[str, str, str], ...]:
@@ -183,7 +184,7 @@ class SceneSampler:
         return "small" if small_only else self.pick(tuple(SIZES))
 
     def _radius(self, size: str) -> float:
-        return SIZES[size] + float(self.rng.uniform(-1, 1))
+        return SIZES[size] + float(self.rng.uniform(-0.75, 0.75))
 
     def _background(self, shape_colours) -> str:
         return self.pick([c for c in COLOUR_NAMES if c not in set(shape_colours)])
@@ -191,8 +192,8 @@ class SceneSampler:
     def _allowed(self, shapes) -> bool:
         return not (self.exclude and any(s.triple in HELD_OUT_SET for s in shapes))
 
-    def _shape(self, kind, colour, size, cx, cy) -> Shape:
-        return Shape(kind, colour, size, cx, cy, self._radius(size), region_of(cx, cy))
+    def _shape(self, kind, colour, size, cx, cy, radius: float | None = None) -> Shape:
+        return Shape(kind, colour, size, cx, cy, radius or self._radius(size), region_of(cx, cy))
 
     def _jitter(self, v: float, amount: float) -> float:
         return v + float(self.rng.uniform(-amount, amount))
@@ -200,18 +201,22 @@ class SceneSampler:
     # --- layouts
     def single_layout(self, kind, colour, region, size) -> list[Shape]:
         x, y = REGION_CENTRES[region]
-        return [self._shape(kind, colour, size, self._jitter(x, 3), self._jitter(y, 3))]
+        return [self._shape(kind, colour, size, self._jitter(x, 2), self._jitter(y, 2))]
 
     def line_layout(self, objects, axis: str) -> list[Shape]:
         """2 (any size) or 3 (small) shapes evenly spaced along 'x' (left to right) or 'y' (top to bottom)."""
         n = len(objects)
-        stops = (16, 48) if n == 2 else (12, 32, 52)
-        across = self._jitter(32, 4)
+        stops = (16, 48) if n == 2 else (11, 32, 53)
+        across = self._jitter(32, 3)
         out = []
         for (kind, colour), along in zip(objects, stops):
-            a = self._jitter(along, 2 if n == 2 else 1)
+            a = self._jitter(along, 1.5 if n == 2 else 1)
             cx, cy = (a, across) if axis == "x" else (across, a)
-            out.append(self._shape(kind, colour, self._size(small_only=(n == 3)), cx, cy))
+            if n == 2:
+                out.append(self._shape(kind, colour, self._size(), cx, cy))
+            else:
+                r = ROW_OF_THREE_RADIUS + float(self.rng.uniform(-0.5, 0.5))
+                out.append(self._shape(kind, colour, "small", cx, cy, radius=r))
         return out
 
     # --- grammar

@@ -4,7 +4,8 @@ Vector quantisation with a straight-through estimator and a commitment loss; the
 exponential moving average of the encoder outputs assigned to each code (no codebook gradient), and
 codes that stop being used are restarted on random encoder outputs of the current batch, so most
 of the codebook stays in use. Loss: MSE + L1 on pixels (no GAN or perceptual loss: flat synthetic
-shapes need neither). Images are drawn fresh for every step from a seeded generator.
+shapes need neither). Then the decoder alone is trained further on the frozen codes (cheaper per
+step, and it is what sharpens corners). Images are drawn fresh for every step from a seeded generator.
 
     python -m demo.train_movqgan --out /tmp/movqgan.safetensors --steps 2000
 """
@@ -26,7 +27,7 @@ from .shapes import SceneSampler, step_rng
 
 @dataclass
 class MoVQGANTrainConfig:
-    steps: int = 1000
+    steps: int = 1200
     batch: int = 32
     lr: float = 2e-3
     warmup: int = 50
@@ -41,6 +42,8 @@ class MoVQGANTrainConfig:
     ema_decay: float = 0.95
     restart_every: int = 25        # steps between dead-code restarts
     dead_below: float = 0.03       # EMA assignments per step under which a code counts as dead
+    decoder_steps: int = 600       # then the decoder alone, on the frozen encoder's codes
+    decoder_lr: float = 1e-3
 
     def model_config(self) -> MoVQGANConfig:
         return MoVQGANConfig(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
@@ -102,11 +105,16 @@ def quantise(model: MoVQGAN, images: torch.Tensor):
     return z, codes, z + (q - z).detach()
 
 
-def lr_at(step: int, cfg: MoVQGANTrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+def lr_at(step: int, steps: int, peak: float, warmup: int, floor: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay to `floor` x the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pixel_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(recon, target) + 0.5 * F.l1_loss(recon, target)
 
 
 def train(cfg: MoVQGANTrainConfig, device="cpu", log=print, log_every: int = 50) -> tuple[MoVQGAN, list[float]]:
@@ -129,9 +137,9 @@ def train(cfg: MoVQGANTrainConfig, device="cpu", log=print, log_every: int = 50)
             q = z + (model.quantize.lookup(codes) - z).detach()
         recon = model.decoder(model.post_quant_conv(q), q)
         commit = F.mse_loss(z, model.quantize.lookup(codes).detach())
-        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + cfg.beta * commit
+        loss = pixel_loss(recon, x) + cfg.beta * commit
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -143,6 +151,35 @@ def train(cfg: MoVQGANTrainConfig, device="cpu", log=print, log_every: int = 50)
             mse = F.mse_loss(recon.detach().clamp(-1, 1), x).item() / 4  # in 0..1 units
             log(f"movqgan step {step + 1}/{cfg.steps} loss {loss.item():.4f} psnr {10 * math.log10(1 / mse):.2f} "
                 f"used {(book.counts > cfg.dead_below).sum().item()}/{cfg.n_embed} "
+                f"{time.perf_counter() - t0:.0f}s")
+    return model.cpu().eval().requires_grad_(False), losses
+
+
+def finetune_decoder(model: MoVQGAN, cfg: MoVQGANTrainConfig, device="cpu", log=print,
+                     log_every: int = 50) -> tuple[MoVQGAN, list[float]]:
+    """Train only the decoder (and post_quant_conv) on the codes of the frozen encoder and codebook.
+    The codes do not change, so a transformer trained on them stays valid; the decoder gets the
+    steps it needs for sharp corners without the cost of the encoder's backward pass."""
+    torch.manual_seed(cfg.seed + 2)
+    model = model.to(device).train().requires_grad_(False)
+    params = list(model.decoder.parameters()) + list(model.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=cfg.decoder_lr, betas=(0.9, 0.99))
+    losses, t0 = [], time.perf_counter()
+    for step in range(cfg.decoder_steps):
+        x = to_signed(image_batch(step_rng(cfg.seed + 1, step), cfg.batch, cfg.edge_share)).to(device)
+        q = model.quantize.lookup(model.encode(x))
+        recon = model.decoder(model.post_quant_conv(q), q)
+        loss = pixel_loss(recon, x)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.decoder_steps, cfg.decoder_lr, cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if log and (step + 1) % log_every == 0:
+            log(f"movqgan decoder step {step + 1}/{cfg.decoder_steps} loss {loss.item():.4f} "
                 f"{time.perf_counter() - t0:.0f}s")
     return model.cpu().eval().requires_grad_(False), losses
 
@@ -177,6 +214,9 @@ def main(argv=None):
     cfg = MoVQGANTrainConfig(steps=args.steps, seed=args.seed)
     model, _ = train(cfg, device=args.device)
     save(model, args.out)
+    if cfg.decoder_steps:  # from the saved (fp16-rounded) weights, as build_demo does
+        model, _ = finetune_decoder(MoVQGAN.from_file(args.out), cfg, device=args.device)
+        save(model, args.out)
     print({"config": asdict(cfg), **reconstruction_stats(model)})
 
 

@@ -30,24 +30,24 @@ from lumina_core.checkpoint_writer import save_checkpoint
 from lumina_core.tasks import build_prompt, image_rows_to_ids
 
 from .shapes import SceneSampler, step_rng
-from .train_movqgan import to_signed
+from .train_movqgan import lr_at, to_signed
 from .train_tokenizer import task_canvas
 
 
 @dataclass
 class TransformerTrainConfig:
-    steps: int = 1500
+    steps: int = 2500
     batch: int = 32                 # t2i sequences per step; dual-panel steps take half as many
-    lr: float = 1.5e-3
+    lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
     seed: int = 0
     text_dropout: float = 0.1
     dual_share: float = 0.3         # share of steps that train pair_canny / control_canny
-    hidden_size: int = 256
-    num_layers: int = 6
-    num_heads: int = 8
-    intermediate_size: int = 704
+    hidden_size: int = 192          # about compute-optimal for the CPU budget (~1e14 FLOPs)
+    num_layers: int = 5
+    num_heads: int = 6
+    intermediate_size: int = 512
     max_positions: int = 512
 
     def model_config(self, vocab_size: int) -> LuminaConfig:
@@ -116,11 +116,8 @@ def init_weights_(model: LuminaMGPT, seed: int, std: float = 0.02) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * s)
 
 
-def lr_at(step: int, cfg: TransformerTrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def schedule(step: int, cfg: TransformerTrainConfig) -> float:
+    return lr_at(step, cfg.steps, cfg.lr, cfg.warmup, floor=0.1)
 
 
 def build_model(cfg: TransformerTrainConfig, tokenizer: TextTokenizer) -> LuminaMGPT:
@@ -150,7 +147,7 @@ def train(cfg: TransformerTrainConfig, tokenizer: TextTokenizer, movqgan: MoVQGA
         logits = model(inputs)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = schedule(step, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -158,7 +155,7 @@ def train(cfg: TransformerTrainConfig, tokenizer: TextTokenizer, movqgan: MoVQGA
         losses.append(loss.item())
         if log and (step + 1) % log_every == 0:
             recent = sum(losses[-log_every:]) / log_every
-            log(f"transformer step {step + 1}/{cfg.steps} loss {recent:.4f} lr {lr_at(step, cfg):.2e} "
+            log(f"transformer step {step + 1}/{cfg.steps} loss {recent:.4f} lr {schedule(step, cfg):.2e} "
                 f"{time.perf_counter() - t0:.0f}s")
         if on_snapshot and snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < cfg.steps:
             on_snapshot(model, losses)

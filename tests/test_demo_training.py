@@ -2,7 +2,7 @@
 import torch
 
 from demo.shapes import step_rng
-from demo.train_movqgan import MoVQGANTrainConfig, image_batch
+from demo.train_movqgan import MoVQGANTrainConfig, finetune_decoder, image_batch
 from demo.train_movqgan import train as train_movqgan
 from demo.train_tokenizer import build_tokenizer
 from demo.train_transformer import TransformerTrainConfig, make_batch, training_sequence
@@ -11,7 +11,7 @@ from lumina_core import TextTokenizer
 from lumina_core.checkpoint_writer import save_tokenizer
 from lumina_core.tasks import build_prompt
 
-TINY_VQ = dict(batch=4, n_embed=64, warmup=2, restart_every=2)
+TINY_VQ = dict(batch=4, n_embed=64, warmup=2, restart_every=2, decoder_steps=3)
 TINY_TF = dict(batch=4, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, warmup=2,
                max_positions=256, dual_share=0.5)
 
@@ -26,6 +26,24 @@ def test_movqgan_training_is_reproducible():
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
     assert all(torch.isfinite(torch.tensor(r)).all() for r in runs)
+
+
+def test_decoder_finetune_keeps_the_codes_and_is_reproducible():
+    cfg = MoVQGANTrainConfig(steps=1, **TINY_VQ)
+    model, _ = train_movqgan(cfg, log=None)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def tune():
+        model.load_state_dict(start)
+        tuned, losses = finetune_decoder(model, cfg, log=None)
+        return {k: v.clone() for k, v in tuned.state_dict().items()}, losses
+
+    (after, losses_a), (_, losses_b) = tune(), tune()
+    assert losses_a == losses_b
+    assert not torch.equal(after["decoder.conv_out.weight"], start["decoder.conv_out.weight"])
+    for k, v in after.items():
+        if k.startswith(("encoder.", "quant_conv.", "quantize.")):
+            assert torch.equal(v, start[k]), k
 
 
 def test_transformer_training_is_reproducible(tmp_path):
