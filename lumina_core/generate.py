@@ -74,8 +74,8 @@ def plan_request(model, prompt: str, width: int, height: int, task="t2i", *, tok
 def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: str = "t2i",
              seed: int = 0, batch_size: int = 1, seeds: list[int] | None = None,
              cfg: float = 4.0, top_k: int = 4096, temperature: float = 1.0, top_p: float = 1.0,
-             top_n_sigma: float = 0.0, cfg_mode: str = "plain", sampling: SamplingOptions | None = None,
-             condition_image=None, condition_codes=None, image_tokenizer=None, tokenizer=None,
+             top_n_sigma: float = 0.0, cfg_mode: str = "plain", guidance_top_k: int = 0,
+             sampling: SamplingOptions | None = None, condition_image=None, condition_codes=None, image_tokenizer=None, tokenizer=None,
              subject_description: str | None = None, decoder=None,
              progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> GenerationResult:
     """Generate image codes.
@@ -86,7 +86,8 @@ def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: s
     (e.g. `SJDecoder`), called with the same arguments as `sample_plain`.
     """
     opts = (sampling or SamplingOptions(cfg=cfg, top_k=top_k, temperature=temperature, top_p=top_p,
-                                        top_n_sigma=top_n_sigma, cfg_mode=cfg_mode)).validated()
+                                        top_n_sigma=top_n_sigma, cfg_mode=cfg_mode,
+                                        guidance_top_k=guidance_top_k)).validated()
     if seeds is None:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")

@@ -9,10 +9,11 @@ from .download import Download
 from .loaders import ImageTokenizerLoader, ModelLoader
 from .sampler import Sampler
 from .select import SelectBest
-from .settings import BestOfNSettings, SJDSettings, SpeedSettings
+from .settings import BestOfNSettings, SamplingSettings, SJDSettings, SpeedSettings
 
 NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, SJDSettings,
-                                   BestOfNSettings, SelectBest, Decode, Download, SpeedSettings]
+                                   BestOfNSettings, SelectBest, Decode, Download, SpeedSettings,
+                                   SamplingSettings]
 
 
 class LuminaMGPT2Extension(ComfyExtension):

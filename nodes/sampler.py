@@ -14,7 +14,8 @@ from . import memory
 from .progress import SamplerProgress
 from .settings import sjd_decoder, step_function
 from .validation import choice_problem, first_problem, size_inputs, size_problem
-from .types import BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SJDType, SpeedType, TokensType
+from .types import (BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SamplingType, SJDType,
+                    SpeedType, TokensType)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class Sampler(io.ComfyNode):
                 SpeedType.Input("speed", optional=True,
                                 tooltip="GPU decode-loop options (Speed Settings node: CUDA graphs, compiled layers). "
                                         "Not connected: the plain PyTorch loop."),
+                SamplingType.Input("sampling", optional=True,
+                                   tooltip="More sampling options (Sampling Settings node: top-p, top-n-sigma, "
+                                           "guidance only within the top-k, upstream's cfg schedule)."),
             ],
             outputs=[TokensType.Output(display_name="tokens", tooltip="The generated code grids (whole canvas), with task and "
                                                         "seeds; connect to Lumina-mGPT 2.0 Decode.")],
@@ -106,7 +110,7 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
                 temperature: float, batch_size: int, condition=None, image_tokenizer=None, sjd=None,
-                best_of_n=None, speed=None) -> io.NodeOutput:
+                best_of_n=None, speed=None, sampling=None) -> io.NodeOutput:
         engine = model.engine
         spec = get_task(task)
         canvas_w, canvas_h = canvas_size(spec, width, height)
@@ -129,7 +133,7 @@ class Sampler(io.ComfyNode):
         progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat,
                                    image_tokenizer=vq, forwards=forwards)
         common = dict(task=spec.name, cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes,
-                      decoder=decoder, progress=progress.on_rows, cancel=progress.cancel)
+                      decoder=decoder, progress=progress.on_rows, cancel=progress.cancel, **(sampling or {}))
         num_codes = engine.tokenizer.special.num_image_codes
         if best_of_n is None:
             result = generate(engine, prompt, canvas_w, canvas_h, seed=seed, batch_size=batch_size, **common)

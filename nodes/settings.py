@@ -10,8 +10,9 @@ from comfy_api.latest import io
 
 from ..lumina_core import CLIPScorer, LikelihoodScorer, StepRunner
 from ..lumina_core.fast import compile_layers
+from ..lumina_core.logits import CFG_MODES
 from ..lumina_core.sjd import INITS, MODES, SJDecoder
-from .types import ADVANCED, BestOfNType, SJDType, SpeedType
+from .types import ADVANCED, BestOfNType, SamplingType, SJDType, SpeedType
 from .validation import choice_problem, first_problem
 
 SCORERS = ("likelihood", "clip")
@@ -62,6 +63,43 @@ class SJDSettings(io.ComfyNode):
     @classmethod
     def execute(cls, window: int, init: str, mode: str) -> io.NodeOutput:
         return io.NodeOutput({"window": window, "init": init, "mode": mode})
+
+
+class SamplingSettings(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LuminaMGPT2SamplingSettings",
+            display_name="Lumina-mGPT 2.0 Sampling Settings",
+            category=ADVANCED,
+            description="Less common sampling options for the sampler's 'sampling' input. Not connected: all off, "
+                        "which is upstream's sampling with the guidance scale you set.",
+            inputs=[
+                io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01, round=0.001,
+                               tooltip="Nucleus sampling: keep the most likely codes up to this probability mass "
+                                       "(after top-k and temperature). 1 = off."),
+                io.Float.Input("top_n_sigma", default=0.0, min=0.0, max=10.0, step=0.1, round=0.01,
+                               tooltip="Keep codes whose logit is within n standard deviations of the best. "
+                                       "0 = off; upstream's SJD script uses 1."),
+                io.Int.Input("guidance_top_k", default=0, min=0, max=65536,
+                             tooltip="Apply guidance only among the k codes the prompt-conditioned model finds most "
+                                     "likely. 0 = off (upstream). Lets small models take strong cfg (the shapes "
+                                     "demo: 4 works with 4, see BENCHMARKS.md)."),
+                io.Combo.Input("cfg_mode", options=list(CFG_MODES), default="plain",
+                               tooltip="plain: the cfg you set. upstream: reproduce upstream's schedule, which turns "
+                                       "any cfg between 1 and 4 into 4 and decays it towards 4 (for comparisons)."),
+            ],
+            outputs=[SamplingType.Output(display_name="sampling", tooltip="Connect to the sampler's 'sampling' input.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, cfg_mode: str) -> bool | str:
+        return first_problem(choice_problem("cfg_mode", cfg_mode, CFG_MODES))
+
+    @classmethod
+    def execute(cls, top_p: float, top_n_sigma: float, guidance_top_k: int, cfg_mode: str) -> io.NodeOutput:
+        return io.NodeOutput({"top_p": top_p, "top_n_sigma": top_n_sigma, "guidance_top_k": guidance_top_k,
+                              "cfg_mode": cfg_mode})
 
 
 def sjd_decoder(settings: dict, step) -> tuple[SJDecoder, CountingForward]:

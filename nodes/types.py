@@ -15,6 +15,7 @@ TokensType = io.Custom("LUMINA_MGPT2_TOKENS")
 SJDType = io.Custom("LUMINA_MGPT2_SJD")
 BestOfNType = io.Custom("LUMINA_MGPT2_BON")
 SpeedType = io.Custom("LUMINA_MGPT2_SPEED")
+SamplingType = io.Custom("LUMINA_MGPT2_SAMPLING")
 
 CATEGORY = "Lumina-mGPT"
 ADVANCED = "Lumina-mGPT/advanced"

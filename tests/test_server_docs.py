@@ -12,6 +12,7 @@ NODES_MD = os.path.join(ROOT, "NODES.md")
 NODE_ORDER = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "LuminaMGPT2Sampler",
               "LuminaMGPT2Decode", "LuminaMGPT2ConditionEncoder", "LuminaMGPT2SJDSettings",
               "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest", "LuminaMGPT2SpeedSettings",
+              "LuminaMGPT2SamplingSettings",
               "LuminaMGPT2Download"]
 # Combos listing files on this machine: their options and first entry differ between installs.
 FILE_LISTS = {("LuminaMGPT2ModelLoader", "checkpoint"), ("LuminaMGPT2ImageTokenizerLoader", "image_tokenizer"),

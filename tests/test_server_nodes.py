@@ -13,7 +13,8 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 NODE_IDS = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "LuminaMGPT2ConditionEncoder",
             "LuminaMGPT2Sampler", "LuminaMGPT2SJDSettings", "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest",
-            "LuminaMGPT2Decode", "LuminaMGPT2Download", "LuminaMGPT2SpeedSettings"]
+            "LuminaMGPT2Decode", "LuminaMGPT2Download", "LuminaMGPT2SpeedSettings",
+            "LuminaMGPT2SamplingSettings"]
 
 
 def t2i(seed=0, size=64, batch=1, prefix="t2i", prompt="a red circle", preview=True, **sampler):
@@ -159,6 +160,22 @@ def test_condition_flow_and_size_mismatch_error(comfy):
     run = comfy.run(prompt)
     (error,) = run.of_type("execution_error")
     assert "encoded at 64x64" in error["exception_message"] and "96x64" in error["exception_message"]
+
+
+def test_sampling_settings_reach_the_sampler(comfy):
+    """cfg_mode 'upstream' turns cfg 2 into upstream's constant 4 (its max(4, ...) schedule), so it must
+    give the plain cfg-4 image and not the plain cfg-2 one."""
+    prompt = t2i(seed=71, prefix="upstream_cfg", cfg=2.0, preview=False)
+    prompt["6"] = {"class_type": "LuminaMGPT2SamplingSettings",
+                   "inputs": {"top_p": 1.0, "top_n_sigma": 0.0, "guidance_top_k": 0, "cfg_mode": "upstream"}}
+    prompt["3"]["inputs"]["sampling"] = ["6", 0]
+    upstream = pixels(comfy.output_images(comfy.run(prompt), "5")[0])
+    cfg4 = pixels(comfy.output_images(comfy.run(t2i(seed=71, prefix="cfg4", cfg=4.0, preview=False)), "5")[0])
+    cfg2 = pixels(comfy.output_images(comfy.run(t2i(seed=71, prefix="cfg2", cfg=2.0, preview=False)), "5")[0])
+    assert np.array_equal(upstream, cfg4) and not np.array_equal(upstream, cfg2)
+    prompt["6"]["inputs"]["cfg_mode"] = "sideways"
+    status, body = comfy.queue(prompt)
+    assert status == 400 and "cfg_mode" in body["node_errors"]["6"]["errors"][0]["details"]
 
 
 def test_sjd_greedy_equals_plain_greedy_with_fewer_forwards(comfy):
