@@ -27,7 +27,7 @@ from lumina_core.sampler import DecodeStats  # noqa: E402
 from lumina_core.sjd import SJDecoder  # noqa: E402
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle to the left of a yellow circle",
-           "a purple star and an orange square", "three circles"]
+           "a purple diamond and an orange square", "three circles"]
 
 
 def load_model(size: int):
