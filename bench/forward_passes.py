@@ -2,6 +2,7 @@
 
     python -m bench.forward_passes                       # demo model if built, else a tiny random model
     python -m bench.forward_passes --shapes-eval --n 20  # + shapes-eval accuracy: plain, SJD, best-of-4/8
+    python -m bench.forward_passes --shapes-eval --n 200 --methods plain sjd16   # more images, fewer methods
 
 Forwards are batched forward passes after the prefill (SJD: this image's windows). Image tokens per
 forward counts image codes only (row ends are free). Greedy and sampled (the demo's recommended
@@ -117,6 +118,8 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--shapes-eval", action="store_true", help="also shapes-eval rows (needs the demo model)")
     p.add_argument("--n", type=int, default=20, help="shapes-eval images per category")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="shapes-eval methods (default: plain, sjd<window>, best_of_4, best_of_8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (more only add contention for tiny models)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -131,7 +134,9 @@ def main(argv=None):
         opts = sampling_settings(defaults)["sampled"]
         cases = se.build_cases(a.n)
         results = []
-        for method in ("plain", f"sjd{a.window}", "best_of_4", "best_of_8"):
+        for method in a.methods or ("plain", f"sjd{a.window}", "best_of_4", "best_of_8"):
+            if method not in se.METHODS:
+                sys.exit(f"unknown method {method!r}; registered: {sorted(se.METHODS)}")
             setting = se.Setting(method, opts.cfg, opts.temperature, opts.top_k)
             results.append((setting, se.evaluate(model, movqgan, cases, setting, batch=16)))
             print(f"done {setting.label()}: overall {results[-1][1].get('overall', float('nan')):.3f}", flush=True)

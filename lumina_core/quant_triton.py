@@ -4,7 +4,7 @@ x [M, K] in bf16/fp16/fp32 with M small (2 for one CFG step, 32 for an SJD windo
 scale [N]. Each program owns BLOCK_N output columns for BLOCK_M rows and streams its slice of w once,
 converting int8 to the activation dtype in registers, so the weight bytes read per step are halved
 against bf16 (torch's generic int8 paths read far more: measured ~170-300 GB/s on an H200, see
-docs/benchmarks/speed.md). Block sizes are autotuned per (rows bucket, N, K) on first use; on CPU
+BENCHMARKS.md). Block sizes are autotuned per (rows bucket, N, K) on first use; on CPU
 the same kernel runs under TRITON_INTERPRET=1 with a fixed configuration (that is how it is tested).
 """
 from __future__ import annotations
