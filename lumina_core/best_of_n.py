@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import rng
 from .errors import InputError
 from .generate import crop_codes, decode_images, encode_condition, generate, plan_request
 from .kv_cache import KVCache
@@ -62,7 +63,20 @@ def free_bytes(device: torch.device, memory_budget: int | None = None) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(0.9 * (free + cached))
-    return int(0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return int(0.5 * available_ram())
+
+
+def available_ram() -> int:
+    """Free system memory in bytes (psutil where installed, as with ComfyUI; sysconf on Linux; else 4 GiB)."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf, macOS lacks SC_AVPHYS_PAGES
+        return 4 * 2 ** 30
 
 
 def chunk_size_for(model, max_len: int, use_cfg: bool, tokens_per_step: int, n: int,
@@ -102,7 +116,7 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
         chunk_size = chunk_size_for(model, plan.total_tokens + window, opts_cfg != 1.0, window, n, memory_budget)
     elif chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
-    seeds = [int(seed) + i for i in range(n)]
+    seeds = rng.seed_sequence(seed, n)
     chunks = [seeds[a:a + chunk_size] for a in range(0, n, chunk_size)]
     codes, scores, images, stats = [], [], [], []
     for index, chunk in enumerate(chunks):

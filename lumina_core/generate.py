@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import rng
 from .errors import InputError
 from .image_prep import prepare_condition, signed_to_unit_bhwc
 from .logits import SamplingOptions
@@ -91,7 +92,7 @@ def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: s
     if seeds is None:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        seeds = [int(seed) + i for i in range(batch_size)]
+        seeds = rng.seed_sequence(seed, batch_size)
     plan = plan_request(model, prompt, width, height, task, tokenizer=tokenizer, condition_codes=condition_codes,
                         condition_image=condition_image, image_tokenizer=image_tokenizer,
                         subject_description=subject_description)

@@ -10,12 +10,31 @@ def whiten_transparency(img: Image.Image) -> Image.Image:
     """RGB as is; anything with transparency is composited on white."""
     if img.mode == "RGB":
         return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float maps (depth): PIL would clip at 255
+        img = Image.fromarray(_to_8bit(np.asarray(img, dtype=np.float32), img.mode))
     rgba = img.convert("RGBA")
     alpha = np.asarray(rgba)[..., 3]
     if (alpha < 255).any():
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return rgba.convert("RGB")
+
+
+def _to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
+    """A single-channel map to 0..255 in proportion: 16-bit modes by 65535, 0..1 floats by 1, 32-bit
+    integers holding 8- or 16-bit values by 255 or 65535; anything else stretched from min to max."""
+    lo, hi = float(a.min()), float(a.max())
+    if mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        scale = 255.0
+    elif mode == "I" and lo >= 0 and hi <= 255:
+        scale = 1.0
+    elif mode == "I" and lo >= 0 and hi <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        return np.clip((a - lo) * (255.0 / max(hi - lo, 1e-12)), 0, 255).round().astype(np.uint8)
+    return np.clip(a * scale, 0, 255).round().astype(np.uint8)
 
 
 def resize_center_crop(img: Image.Image, width: int, height: int) -> Image.Image:

@@ -319,7 +319,10 @@ class LuminaMGPT(nn.Module):
         Returns float32 logits [B, T, n] (n = rows span, or the vocabulary); [B, 1, n] with last_only.
         Graph-friendly: no host sync, shapes depend only on (B, T, kv_len).
         """
-        positions = ((slots if slots.ndim == 2 else slots[None, :]) - cache.starts[:, None]).clamp_(min=0)
+        # SJD's padding drafts past the image end can sit past the rotary table: their outputs are never used
+        # and nothing attends to them, so any in-range position will do
+        positions = ((slots if slots.ndim == 2 else slots[None, :]) - cache.starts[:, None]).clamp_(
+            min=0, max=self.rotary.cos.shape[0] - 1)
         mask = decode_mask(cache.starts, slots, kv_len)
         x = self.embed(tokens)
         cos, sin = self.rotary(positions, x.dtype)

@@ -36,6 +36,12 @@ def _key(seeds: torch.Tensor, counters: torch.Tensor, stream: int) -> torch.Tens
     return _mix32(k ^ (stream * 0x165667B1 + 0x5BD1E995))
 
 
+def seed_sequence(seed: int, n: int) -> list[int]:
+    """Seeds seed, seed+1, ... of a batch, wrapped to 64 bits as the generator uses them (so the seed shown
+    for image i can be typed back into a seed widget that stops at 2**64-1)."""
+    return [(int(seed) + i) & 0xFFFFFFFFFFFFFFFF for i in range(n)]
+
+
 def seed_tensor(seeds, device=None) -> torch.Tensor:
     """Python ints of any size (ComfyUI seeds go up to 2**64-1) -> int64 tensor, wrapping to 64 bits."""
     vals = []
@@ -54,9 +60,14 @@ def uniform(seeds: torch.Tensor, counters: torch.Tensor, n: int, stream: int = S
     key = _key(seeds.view(-1, *([1] * (counters.ndim - 1))), counters, stream)
     idx = torch.arange(n, device=counters.device, dtype=torch.long)
     h = _mix32(key.unsqueeze(-1) ^ _mix32(idx * 0x2C1B3C6D + 0x297A2D39))
-    h = _mix32(h + key.unsqueeze(-1))
-    # top 24 bits -> float32 without rounding to 0 or 1 (float64 is missing on some backends)
-    return ((h >> 8).float() + 0.5) * (1.0 / 16777216.0)
+    return hash_to_unit(_mix32(h + key.unsqueeze(-1)))
+
+
+def hash_to_unit(h: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes (in int64) -> float32 in (0, 1) from their top 24 bits (float64 is missing on some
+    backends). The top value, 2^24 - 0.5, is not a float32 and rounds up to 2^24: the clamp keeps u below 1,
+    so Gumbel noise stays finite (every other value, and so every seed's image, is unchanged)."""
+    return (((h >> 8).float() + 0.5) * (1.0 / 16777216.0)).clamp_(max=1.0 - 2.0 ** -24)
 
 
 def gumbel(seeds: torch.Tensor, counters: torch.Tensor, n: int, stream: int = STREAM_SAMPLE) -> torch.Tensor:

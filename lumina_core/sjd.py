@@ -295,7 +295,8 @@ class JacobiRun:
         self.tokens.scatter_(1, write_pos, torch.where(final, window_ids, sp.row_end))
         is_code = final & ~self.structural[out_pos]
         code_ids = (window_ids - sp.image_code_start).clamp(0, self.V - 1)
-        self.logprob += (code_logprob(guided, code_ids) * is_code).sum(1)
+        # where, not a product: a non-final slot may hold a code that guidance_top_k set to -inf (-inf * 0 = nan)
+        self.logprob += torch.where(is_code, code_logprob(guided, code_ids), 0.0).sum(1)
         # advance (in place); the window's other samples become the next drafts (Jacobi update)
         fed.copy_(torch.where(active, fed + 1 + k, fed))
         self.iters += active.long()

@@ -155,7 +155,7 @@ def image_rows_to_ids(codes: torch.Tensor, special) -> list[int]:
     """codes [h, w] -> token ids with a row end after each row."""
     if codes.ndim != 2:
         raise InputError(f"condition codes must be [h, w], got {tuple(codes.shape)}")
-    ids = codes.long() + special.image_code_start
+    ids = codes.detach().long().cpu() + special.image_code_start  # codes may come from a GPU MoVQGAN
     rows = torch.cat([ids, torch.full((ids.shape[0], 1), special.row_end, dtype=torch.long)], dim=1)
     return rows.flatten().tolist()
 

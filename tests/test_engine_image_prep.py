@@ -17,6 +17,16 @@ def test_transparency_is_whitened_and_opaque_alpha_dropped():
     assert np.asarray(whiten_transparency(gray))[0, 0].tolist() == [77, 77, 77]
 
 
+def test_16_bit_and_float_maps_keep_their_range():
+    """16-bit depth maps (PIL mode I;16 / I) and float maps are scaled to 8 bits, not clipped at 255."""
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    for img in (Image.fromarray(ramp), Image.fromarray(ramp.astype(np.int32))):  # modes I;16 and I
+        out = np.asarray(whiten_transparency(img))[..., 0]
+        assert img.mode.startswith("I") and out.min() == 0 and out.max() == 255 and abs(out.mean() - 127.5) < 2, img.mode
+    floats = Image.fromarray(np.full((2, 2), 0.5, np.float32))  # mode F
+    assert np.asarray(whiten_transparency(floats))[0, 0].tolist() == [128, 128, 128]
+
+
 def test_resize_covers_then_crops_the_centre():
     img = Image.new("RGB", (400, 100), (0, 0, 0))
     img.paste((255, 255, 255), (175, 0, 225, 100))  # a white band around the centre

@@ -74,6 +74,9 @@ def test_huge_and_zero_seeds_are_real_seeds(model):
     b = generate(model, "x", 32, 32, seed=2**64 - 1, top_k=20).codes
     assert torch.equal(a, generate(model, "x", 32, 32, seed=0, top_k=20).codes)
     assert not torch.equal(a, b)
+    # a batch past the largest seed wraps: image 1 is seed 0, recorded as 0 (a value a seed widget takes)
+    wrapped = generate(model, "x", 32, 32, seed=2**64 - 1, batch_size=2, top_k=20)
+    assert wrapped.seeds == [2**64 - 1, 0] and torch.equal(wrapped.codes[1], a[0])
 
 
 def test_different_id_layout_generates_the_same_way(tmp_path):
@@ -177,6 +180,16 @@ def test_truncation_rules_by_hand():
     assert torch.isfinite(ns).tolist() == [[True, True, True, False, False]]
     t = truncate(x, SamplingOptions(top_k=0, temperature=0.5))
     assert torch.allclose(t, x * 2)
+
+
+def test_uniform_never_reaches_one_even_at_the_top_hash():
+    """The largest 24-bit value plus one half rounds up to 2^24 in float32: u must still stay below 1 (else
+    Gumbel noise is +inf and a code outside top-k wins; with 16,384 codes about one draw in 1,000)."""
+    u = rng.hash_to_unit(torch.tensor([0, 1 << 8, 0xFFFFFEFF, 0xFFFFFFFF], dtype=torch.long))
+    assert (u > 0).all() and (u < 1).all() and torch.isfinite(-torch.log(-torch.log(u))).all()
+    assert u[0] == 0.5 / 2 ** 24 and u[1] == 1.5 / 2 ** 24  # the rest of the mapping is unchanged
+    draws = rng.uniform(rng.seed_tensor(range(64)), torch.zeros(64, dtype=torch.long), 4096)
+    assert (draws > 0).all() and (draws < 1).all()
 
 
 def test_gumbel_draws_follow_the_softmax():

@@ -27,6 +27,26 @@ def test_greedy_sjd_equals_plain_greedy_t2i(model, init):
     assert sjd.stats.image_tokens == plain.stats.image_tokens == 64
 
 
+def test_sjd_at_the_position_limit(tmp_path, model):
+    """A request that exactly fills the context: SJD's padding drafts run past the last position (and the
+    rotary table) without failing, and greedy SJD still equals plain greedy."""
+    from lumina_core.generate import plan_request
+    total = plan_request(model, "a red circle", 64, 64).total_tokens
+    folder, _ = tiny_checkpoint(tmp_path / "ckpt", num_codes=64, shards=1, max_position_embeddings=total)
+    edge = LuminaMGPT.from_pretrained(folder, dtype=torch.float32)
+    kw = dict(cfg=3.0, top_k=1, seed=1)
+    plain = generate(edge, "a red circle", 64, 64, **kw)
+    assert torch.equal(generate(edge, "a red circle", 64, 64, decoder=SJDecoder(window=16), **kw).codes, plain.codes)
+
+
+def test_sjd_likelihood_stays_finite_with_guidance_top_k(model):
+    """Rejected drafts may hold codes that guidance_top_k removed (-inf): they must not turn the
+    recorded likelihood (the best-of-N score) into nan."""
+    res = generate(model, "a red circle", 64, 64, cfg=3.0, top_k=0, seed=3, batch_size=2,
+                   guidance_top_k=4, decoder=SJDecoder(window=8))
+    assert torch.isfinite(res.stats.logprob).all()
+
+
 @pytest.mark.parametrize("guidance", [dict(cfg=1.0), dict(cfg=6.0, cfg_mode="upstream")], ids=["no-cfg", "upstream-cfg"])
 def test_greedy_sjd_follows_every_guidance_mode(model, guidance):
     kw = dict(top_k=1, seed=0, **guidance)
