@@ -34,13 +34,18 @@ class CLIPScorer:
     name = "clip"
     needs_images = True
 
-    def __init__(self, path: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                 offload_device: str | torch.device | None = None):
+        """offload_device: where the weights wait between scorings (e.g. "cpu" while a host needs the GPU for
+        the image model); they move to `device` only inside `score`."""
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise InputError(f"{path} is not a CLIP model folder (no config.json). Download a transformers "
                              "CLIPModel (e.g. openai/clip-vit-large-patch14) into a folder and pass its path.")
         from transformers import CLIPModel, CLIPProcessor  # only this scorer needs transformers
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device, dtype).eval()
+        self.offload_device = torch.device(offload_device) if offload_device is not None else None
+        home = self.offload_device or self.device
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(home, dtype).eval()
         self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
         self.dtype = dtype
 
@@ -50,8 +55,13 @@ class CLIPScorer:
                                 truncation=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        with torch.inference_mode():
-            out = self.model(**inputs)
+        self.model.to(self.device)
+        try:
+            with torch.inference_mode():
+                out = self.model(**inputs)
+        finally:
+            if self.offload_device is not None:
+                self.model.to(self.offload_device)
         image = torch.nn.functional.normalize(out.image_embeds.float(), dim=-1)
         text = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
         return (image @ text[0]).cpu()

@@ -9,7 +9,7 @@ from ..lumina_core.image_prep import prepare_condition, signed_to_unit_bhwc
 from ..lumina_core import preprocess as maps
 from ..lumina_core.tasks import ImageLayout
 from . import memory
-from .validation import choice_problem, first_problem, size_inputs, size_problem
+from .validation import choice_problem, first_problem, require, size_inputs, size_problem
 from .types import CATEGORY, ImageTokenizerType, LuminaTokens, TokensType
 
 CANNY_MAX = 1000
@@ -48,16 +48,22 @@ class ConditionEncoder(io.ComfyNode):
             ],
         )
 
+    @staticmethod
+    def problems(preprocess, width, height, canny_low, canny_high) -> list[str | None]:
+        thresholds = None
+        if canny_low is not None and canny_high is not None and not 0 <= canny_low <= canny_high <= CANNY_MAX:
+            thresholds = (f"canny thresholds need 0 <= canny_low <= canny_high <= {CANNY_MAX}, got {canny_low} "
+                          f"and {canny_high}")
+        return [choice_problem("preprocess", preprocess, maps.PREPROCESSORS), size_problem(width, height), thresholds]
+
     @classmethod
     def validate_inputs(cls, preprocess: str, width: int, height: int, canny_low: int, canny_high: int) -> bool | str:
-        thresholds = None if 0 <= canny_low <= canny_high <= CANNY_MAX else \
-            f"canny thresholds need 0 <= canny_low <= canny_high <= {CANNY_MAX}, got {canny_low} and {canny_high}"
-        return first_problem(choice_problem("preprocess", preprocess, maps.PREPROCESSORS),
-                             size_problem(width, height), thresholds)
+        return first_problem(*cls.problems(preprocess, width, height, canny_low, canny_high))
 
     @classmethod
     def execute(cls, image_tokenizer, image, preprocess: str, width: int, height: int, canny_low: int,
                 canny_high: int) -> io.NodeOutput:
+        require(*cls.problems(preprocess, width, height, canny_low, canny_high))
         if image.shape[0] != 1:
             raise InputError(f"the condition encoder takes one image, got a batch of {image.shape[0]}; pick one "
                              "with an 'Image From Batch' node.")

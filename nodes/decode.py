@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..lumina_core import InputError, crop_codes, decode_images
 from . import memory
 from .types import CATEGORY, ImageTokenizerType, TokensType
-from .validation import choice_problem, first_problem
+from .validation import choice_problem, first_problem, require
 
 PANELS = ("output", "other panel", "full canvas")
 OTHER = {"upper": "lower", "lower": "upper", "full": "full"}
@@ -49,6 +49,7 @@ class Decode(io.ComfyNode):
 
     @classmethod
     def execute(cls, tokens, image_tokenizer, panel: str) -> io.NodeOutput:
+        require(choice_problem("panel", panel, PANELS))
         vq = image_tokenizer.engine
         if tokens.num_codes != vq.num_codes:
             raise InputError(f"these codes index a {tokens.num_codes}-code codebook but the image tokenizer has "

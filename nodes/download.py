@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..lumina_core.download import OFFICIAL, download
 from .loaders import model_folders
 from .types import CATEGORY
-from .validation import choice_problem, first_problem
+from .validation import choice_problem, first_problem, require
 
 KIB = 1 << 10  # progress unit: fine enough for small files, small numbers for 16 GB
 
@@ -45,6 +45,7 @@ class Download(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint: str) -> io.NodeOutput:
+        require(choice_problem("checkpoint", checkpoint, OFFICIAL))
         pbar = comfy.utils.ProgressBar(1)
 
         def progress(done: int, total: int, filename: str) -> None:

@@ -13,7 +13,7 @@ from ..lumina_core.sampler import DecodeStats
 from . import memory
 from .progress import SamplerProgress
 from .settings import sjd_decoder, step_function
-from .validation import choice_problem, first_problem, size_inputs, size_problem
+from .validation import choice_problem, first_problem, require, size_inputs, size_problem
 from .types import (BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SamplingType, SJDType,
                     SpeedType, TokensType)
 
@@ -111,6 +111,7 @@ class Sampler(io.ComfyNode):
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
                 temperature: float, batch_size: int, condition=None, image_tokenizer=None, sjd=None,
                 best_of_n=None, speed=None, sampling=None) -> io.NodeOutput:
+        require(choice_problem("task", task, TASKS), size_problem(width, height))  # linked widgets
         engine = model.engine
         spec = get_task(task)
         canvas_w, canvas_h = canvas_size(spec, width, height)
@@ -119,7 +120,10 @@ class Sampler(io.ComfyNode):
         # Plan first: a prompt or size the model cannot take fails before anything is loaded.
         plan = plan_request(engine, prompt, canvas_w, canvas_h, spec, condition_codes=codes)
         window = sjd["window"] if sjd is not None else 1
-        streams = batch_size * (2 if cfg != 1.0 else 1)  # best-of-N sizes its chunks to the memory left after
+        # best-of-N with chunk_size 0 sizes its chunks to the memory left after loading; a fixed chunk size
+        # generates that many candidates at once, so room is made for all of them
+        together = best_of_n["chunk_size"] if best_of_n is not None and best_of_n["chunk_size"] else batch_size
+        streams = together * (2 if cfg != 1.0 else 1)
         extra = [image_tokenizer.patcher] if image_tokenizer is not None else []
         memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=extra)
         step, note = step_function(speed, engine)  # after loading: CUDA graphs need the weights in place

@@ -13,7 +13,7 @@ from ..lumina_core.fast import compile_layers
 from ..lumina_core.logits import CFG_MODES
 from ..lumina_core.sjd import INITS, MODES, SJDecoder
 from .types import ADVANCED, BestOfNType, SamplingType, SJDType, SpeedType
-from .validation import choice_problem, first_problem
+from .validation import choice_problem, first_problem, require
 
 SCORERS = ("likelihood", "clip")
 NO_CLIP = "none"
@@ -62,6 +62,7 @@ class SJDSettings(io.ComfyNode):
 
     @classmethod
     def execute(cls, window: int, init: str, mode: str) -> io.NodeOutput:
+        require(cls.validate_inputs(init, mode))
         return io.NodeOutput({"window": window, "init": init, "mode": mode})
 
 
@@ -98,6 +99,7 @@ class SamplingSettings(io.ComfyNode):
 
     @classmethod
     def execute(cls, top_p: float, top_n_sigma: float, guidance_top_k: int, cfg_mode: str) -> io.NodeOutput:
+        require(cls.validate_inputs(cfg_mode))
         return io.NodeOutput({"top_p": top_p, "top_n_sigma": top_n_sigma, "guidance_top_k": guidance_top_k,
                               "cfg_mode": cfg_mode})
 
@@ -210,8 +212,10 @@ class BestOfNSettings(io.ComfyNode):
 
     @classmethod
     def execute(cls, n: int, scorer: str, clip_model: str, chunk_size: int) -> io.NodeOutput:
-        if scorer == "clip":
-            chosen = CLIPScorer(clip_folders()[clip_model], device=mm.get_torch_device())
+        require(cls.validate_inputs(scorer, clip_model))
+        if scorer == "clip":  # kept off the GPU between scorings, where ComfyUI does not account for it
+            chosen = CLIPScorer(clip_folders()[clip_model], device=mm.get_torch_device(),
+                                offload_device=mm.unet_offload_device())
         else:
             chosen = LikelihoodScorer()
         return io.NodeOutput({"n": n, "scorer": chosen, "chunk_size": chunk_size or None})

@@ -1,7 +1,10 @@
 """Input checks that run when a prompt is queued (failures come back as HTTP 400 with node_errors), and the
 width/height widgets they check.
 
-ComfyUI 0.3.75 does not check V3 combo values against their options, so every node checks its own."""
+ComfyUI 0.3.75 does not check V3 combo values against their options, so every node checks its own. A widget
+fed by a link (e.g. one Int node driving the width of the sampler and the condition encoder) reaches
+validate_inputs as None: its value only exists at run time, so the checks pass it here and nodes repeat
+them in execute with `require`."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -21,8 +24,10 @@ def size_inputs(what: str, hint: str) -> list:
     ]
 
 
-def size_problem(width: int, height: int) -> str | None:
+def size_problem(width: int | None, height: int | None) -> str | None:
     """Why a size cannot be used, or None. (Sent back as a validation error before anything runs.)"""
+    if width is None or height is None:  # linked: checked at run time
+        return None
     if max(width, height) > MAX_SIDE:
         return f"width and height must be at most {MAX_SIDE}, got {width}x{height}"
     try:
@@ -33,7 +38,7 @@ def size_problem(width: int, height: int) -> str | None:
 
 
 def choice_problem(name: str, value, options) -> str | None:
-    if value in options:
+    if value is None or value in options:  # None: linked, checked at run time
         return None
     listed = ", ".join(map(str, options)) or "nothing (see the tooltip for where files go)"
     return f"{name} {value!r} is not available; choose one of: {listed}"
@@ -42,3 +47,10 @@ def choice_problem(name: str, value, options) -> str | None:
 def first_problem(*problems: str | None) -> bool | str:
     """validate_inputs' return value: True, or the first problem found."""
     return next((p for p in problems if p), True)
+
+
+def require(*problems: str | None) -> None:
+    """The same checks at run time, when linked values are known: raise the first problem."""
+    problem = first_problem(*problems)
+    if problem is not True:
+        raise InputError(problem)

@@ -125,7 +125,7 @@ def clip_folder(tmp_path_factory):
 def test_clip_scorer_picks_the_highest_clip_similarity(model, clip_folder):
     from transformers import CLIPModel, CLIPProcessor
     movq = tiny_movqgan(64)
-    scorer = CLIPScorer(clip_folder, device="cpu")
+    scorer = CLIPScorer(clip_folder, device="cpu", offload_device="cpu")  # the node's set-up (GPU + offload)
     out = best_of_n(model, "a red circle", 32, 32, n=3, seed=5, scorer=scorer, image_tokenizer=movq, **KW)
     assert out.images.shape == (3, 32, 32, 3) and out.best_index == int(out.scores.argmax())
     assert out.scores.abs().max() <= 1 and len(set(out.scores.tolist())) == 3
@@ -137,3 +137,4 @@ def test_clip_scorer_picks_the_highest_clip_similarity(model, clip_folder):
         want = (o.logits_per_image[:, 0] / clip.logit_scale.exp()).float()
     torch.testing.assert_close(out.scores, want,
                                rtol=1e-4, atol=1e-5)
+    assert next(scorer.model.parameters()).device == scorer.offload_device  # back where it waits

@@ -134,6 +134,22 @@ def test_unknown_checkpoint_is_http_400(comfy):
     assert error["type"] == "custom_validation_failed" and "not available" in error["details"]
 
 
+def test_size_from_a_linked_int_node_is_checked_at_run_time(comfy):
+    """One core Int node driving width and height (as the tooltips suggest for sampler + condition encoder):
+    the value only exists at run time, so the queue must accept it and the sampler check it when it runs."""
+    prompt = t2i(seed=42, prefix="linked_size", preview=False)
+    prompt["9"] = {"class_type": "PrimitiveInt", "inputs": {"value": 64}}
+    prompt["3"]["inputs"]["width"] = prompt["3"]["inputs"]["height"] = ["9", 0]
+    run = comfy.run(prompt)
+    assert run.status == "success", run.history["status"]
+    assert Image.open(comfy.output_images(run, "5")[0]).size == (64, 64)
+    prompt["9"]["inputs"]["value"] = 100
+    bad = comfy.run(prompt)
+    assert bad.status == "error"
+    (error,) = bad.of_type("execution_error")
+    assert error["node_type"] == "LuminaMGPT2Sampler" and "multiple of 32" in error["exception_message"]
+
+
 def test_runtime_error_is_reported_and_server_keeps_serving(comfy):
     run = comfy.run(t2i(size=1280, prefix="too_big"))  # 25764 positions > the tiny model's 20000
     assert run.status == "error"
