@@ -12,8 +12,9 @@ PY="${PYTHON:-python3}"
 STAMP_VERSION=3
 
 quiet_pip() {  # pip prints one warning per missing local index folder; keep real errors
-  "$VENV/bin/python" -m pip "$@" 2>&1 | grep -v -e "is ignored: it is neither a file nor a directory" \
-    -e "^WARNING: Location" || true
+  # grep finding nothing to print is fine; pip failing is not (its status is PIPESTATUS[0])
+  "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v -e "is ignored: it is neither a file nor a directory" \
+    -e "^WARNING: Location" || true; }
   return "${PIPESTATUS[0]}"
 }
 
