@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from . import rng
-from .errors import InputError
+from .errors import GenerationCancelled, InputError
 from .image_prep import prepare_condition, signed_to_unit_bhwc
 from .logits import SamplingOptions
 from .sampler import CancelFn, DecodeStats, ProgressFn, sample_plain
@@ -111,10 +112,16 @@ def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: s
                             prompt=plan.text, stats=stats)
 
 
-def decode_images(image_tokenizer, codes: torch.Tensor, batch: int = 4) -> torch.Tensor:
-    """codes [B, h, w] -> IMAGE [B, H, W, 3] float32 in 0..1 (decoded in chunks of `batch`)."""
+def decode_images(image_tokenizer, codes: torch.Tensor, batch: int = 4,
+                  progress: Callable[[int, int], None] | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
+    """codes [B, h, w] -> IMAGE [B, H, W, 3] float32 in 0..1 (decoded in chunks of `batch`).
+    progress(images done, total) after each chunk; cancel() is asked before each (True -> GenerationCancelled)."""
     outs = []
     with torch.inference_mode():
         for i in range(0, codes.shape[0], batch):
+            if cancel is not None and cancel():
+                raise GenerationCancelled(f"decoding stopped after {i} of {codes.shape[0]} images")
             outs.append(signed_to_unit_bhwc(image_tokenizer.decode(codes[i:i + batch])).cpu())
+            if progress is not None:
+                progress(min(i + batch, codes.shape[0]), codes.shape[0])
     return torch.cat(outs, 0)

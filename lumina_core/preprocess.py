@@ -5,7 +5,6 @@ A depth or pose map the user already has is used as it is ("none").
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
@@ -31,6 +30,10 @@ def canny_edges(image: torch.Tensor, low: int = 100, high: int = 200) -> torch.T
     """Canny edge maps of every image in the batch, white on black, [B, H, W, 3] float 0..1."""
     if not 0 <= low <= high:
         raise InputError(f"canny thresholds need 0 <= low <= high, got low={low}, high={high}")
+    try:  # imported here: a broken OpenCV (packs often fight over its variants) must not stop the pack loading
+        import cv2
+    except ImportError as e:
+        raise InputError(f"canny preprocessing needs OpenCV: pip install opencv-python-headless ({e})") from e
     maps = []
     for rgb in _to_uint8_rgb(image):
         edges = cv2.Canny(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), low, high)

@@ -121,6 +121,8 @@ def check_size(width: int, height: int, what: str = "image") -> None:
     bad = [f"{n}={v}" for n, v in (("width", width), ("height", height)) if v <= 0 or v % SIZE_MULTIPLE]
     if bad:
         def near(v):
+            if v <= 0:
+                return str(SIZE_MULTIPLE)
             lo = max(SIZE_MULTIPLE, v - v % SIZE_MULTIPLE)
             return f"{lo} or {lo + SIZE_MULTIPLE}" if v % SIZE_MULTIPLE else str(v)
         raise InputError(f"{what} size must be a positive multiple of {SIZE_MULTIPLE} px, got {', '.join(bad)}; "

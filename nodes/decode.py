@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import comfy.model_management as mm
+import comfy.utils
 from comfy_api.latest import io
 
 from ..lumina_core import InputError, crop_codes, decode_images
@@ -11,6 +12,11 @@ from .validation import choice_problem, first_problem, require
 
 PANELS = ("output", "other panel", "full canvas")
 OTHER = {"upper": "lower", "lower": "upper", "full": "full"}
+
+
+def _interrupted() -> bool:
+    mm.throw_exception_if_processing_interrupted()  # ComfyUI's own way to stop a node (Cancel, /interrupt)
+    return False
 
 
 def panel_of(tokens, choice: str) -> str:
@@ -57,5 +63,7 @@ class Decode(io.ComfyNode):
         codes = crop_codes(tokens.codes, panel_of(tokens, panel))
         f = vq.downsample_factor
         memory.load_image_tokenizer(image_tokenizer, codes.shape[-2] * codes.shape[-1] * f * f, cls.DECODE_BATCH)
-        images = decode_images(vq, codes, batch=cls.DECODE_BATCH)
+        pbar = comfy.utils.ProgressBar(codes.shape[0])
+        images = decode_images(vq, codes, batch=cls.DECODE_BATCH, progress=lambda done, total: pbar.update_absolute(done),
+                               cancel=_interrupted)
         return io.NodeOutput(images.to(mm.intermediate_device()))

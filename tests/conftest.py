@@ -306,6 +306,22 @@ def load_example(name: str) -> dict:
 SAMPLING_KEYS = ("cfg", "top_k", "temperature")
 
 
+def registry_properties(ui: dict) -> dict:
+    """Node properties ComfyUI-Manager reads to install what a shared workflow needs: the registry id and
+    version of the pack behind each node (ours from pyproject.toml; SaveImage is ComfyUI core)."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    for node in ui["nodes"]:
+        props = node.setdefault("properties", {})
+        props.setdefault("Node name for S&R", node["type"])
+        if node["type"].startswith("LuminaMGPT2"):
+            props.update({"cnr_id": project["name"], "ver": project["version"]})
+        else:
+            props.setdefault("cnr_id", "comfy-core")
+    return ui
+
+
 def demo_sampling() -> dict:
     """The bundled demo's recommended sampler settings (its generation_config.json), which the examples use."""
     path = os.path.join(ROOT, "demo_model", "lumina-mgpt2-shapes-demo", "generation_config.json")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES, ROOT, demo_sampling, load_example
+from conftest import EXAMPLES, ROOT, demo_sampling, load_example, registry_properties
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
 
@@ -107,6 +107,7 @@ def write_ui_from_api_twin(page, name: str) -> None:
     }""")
     ui = page.evaluate("JSON.parse(JSON.stringify(window.app.graph.serialize()))")  # drops undefined fields
     ui.get("extra", {}).pop("ds", None)  # the viewport of this browser window, not part of the workflow
+    registry_properties(ui)
     with open(os.path.join(EXAMPLES, f"{name}.json"), "w", encoding="utf-8") as f:
         json.dump(ui, f, indent=1)
         f.write("\n")
@@ -149,6 +150,7 @@ def test_size_helper_snaps_to_the_grid_and_counts_tokens(page):
     page.wait_for_function("""window.app.graph._nodes.find(n => n.type === 'LuminaMGPT2Sampler')
         .luminaInfo?.[0]?.startsWith('canvas 96x64')""", timeout=10000)
     # 64x96 panel, control task: a 96x128 canvas of 16 rows x 12 codes, a row end per row, 4 more tokens
+    assert page.evaluate("window.LuminaMGPT2.localId('12:3')") == "3"  # a sampler inside a subgraph
     assert page.evaluate("window.LuminaMGPT2.sizeText(96, 64, 'control_canny')") == \
         "canvas 96x128: 16x12 codes, 212 tokens"
 

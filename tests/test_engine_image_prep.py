@@ -45,3 +45,22 @@ def test_prepare_condition_from_comfy_tensor():
     assert torch.allclose(x[0, 1], -torch.ones(32, 64))
     back = signed_to_unit_bhwc(x)
     assert back.shape == (1, 32, 64, 3) and back[..., 0].min() == 1.0
+
+
+def test_engine_loads_without_opencv_and_only_canny_asks_for_it():
+    """A broken OpenCV (common when packs install different variants) must not stop the pack from loading."""
+    import subprocess
+    import sys
+    code = (
+        "import sys; sys.modules['cv2'] = None\n"
+        "import torch, lumina_core\n"
+        "from lumina_core.preprocess import preprocess\n"
+        "from lumina_core import InputError\n"
+        "img = torch.rand(1, 8, 8, 3)\n"
+        "assert torch.equal(preprocess(img, 'none'), img)\n"
+        "try:\n    preprocess(img, 'canny')\nexcept InputError as e:\n    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert "ERR canny preprocessing needs OpenCV: pip install opencv-python-headless" in out.stdout

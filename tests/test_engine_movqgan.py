@@ -124,3 +124,15 @@ def test_encode_rejects_sizes_off_the_grid():
     vq = tiny_movqgan()
     with pytest.raises(ValueError, match="multiple of 8"):
         vq.encode(torch.zeros(1, 3, 60, 64))
+
+
+def test_decode_images_reports_progress_and_stops_on_cancel():
+    from lumina_core import GenerationCancelled, decode_images
+    vq = tiny_movqgan(16)
+    codes = torch.randint(0, 16, (5, 2, 2), generator=torch.Generator().manual_seed(0))
+    seen = []
+    images = decode_images(vq, codes, batch=2, progress=lambda done, total: seen.append((done, total)))
+    assert images.shape == (5, 16, 16, 3) and seen == [(2, 5), (4, 5), (5, 5)]
+    asked = []
+    with pytest.raises(GenerationCancelled, match="after 2 of 5"):
+        decode_images(vq, codes, batch=2, cancel=lambda: asked.append(1) or len(asked) > 1)

@@ -14,9 +14,10 @@ NODE_ORDER = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "Lumi
               "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest", "LuminaMGPT2SpeedSettings",
               "LuminaMGPT2SamplingSettings",
               "LuminaMGPT2Download"]
-# Combos listing files on this machine: their options and first entry differ between installs.
-FILE_LISTS = {("LuminaMGPT2ModelLoader", "checkpoint"), ("LuminaMGPT2ImageTokenizerLoader", "image_tokenizer"),
-              ("LuminaMGPT2BestOfNSettings", "clip_model")}
+# Combos listing files on this machine: their options differ between installs (value: the default shown).
+FILE_LISTS = {("LuminaMGPT2ModelLoader", "checkpoint"): "first found",
+              ("LuminaMGPT2ImageTokenizerLoader", "image_tokenizer"): "first found",
+              ("LuminaMGPT2BestOfNSettings", "clip_model"): "`none`"}
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 HEADER = """# Lumina-mGPT 2.0 nodes
 
@@ -45,7 +46,7 @@ def input_rows(node_id: str, info: dict) -> tuple[list[str], list[str]]:
             kind, spec = info["input"][section][name]
             is_widget = kind in WIDGET_TYPES
             if (node_id, name) in FILE_LISTS:
-                shown, default = "COMBO (files found)", "first found"
+                shown, default = "COMBO (files found)", FILE_LISTS[(node_id, name)]
             elif kind == "COMBO":
                 shown, default = "COMBO: " + ", ".join(f"`{o}`" for o in spec["options"]), f"`{spec.get('default')}`"
             elif is_widget:

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLES, ROOT, demo_sampling, free_port, load_example
+from conftest import EXAMPLES, ROOT, demo_sampling, free_port, load_example, registry_properties
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -35,6 +35,18 @@ def test_every_example_is_shipped_in_both_formats():
     for name in names:
         assert os.path.isfile(os.path.join(EXAMPLES, f"{name}.json")), f"{name}: no UI-format workflow"
         assert os.path.isfile(os.path.join(EXAMPLES, f"{name}.jpg")) or UPDATE_EXAMPLES, f"{name}: no thumbnail"
+
+
+def test_ui_workflows_name_the_pack_for_comfyui_manager():
+    """'Install missing nodes' finds the pack from each node's cnr_id."""
+    for path in glob.glob(os.path.join(EXAMPLES, "*.json")):
+        ui = load_example(path)
+        ours = [n for n in ui["nodes"] if n["type"].startswith("LuminaMGPT2")]
+        assert ours, path
+        for node in ui["nodes"]:
+            assert node["properties"] == registry_properties(
+                {"nodes": [{"type": node["type"], "properties": dict(node["properties"])}]})["nodes"][0]["properties"], \
+                f"{os.path.basename(path)}: node {node['type']} lacks registry properties (LUMINA_UPDATE_EXAMPLES=1)"
 
 
 def test_examples_use_the_demo_models_recommended_settings():

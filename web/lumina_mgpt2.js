@@ -69,16 +69,26 @@ function snapSizeWidgets(node) {
   }
 }
 
-Object.assign(registry, { snap, sizeText, statsText });
+// Nodes inside a subgraph run under "outer:inner" ids; the canvas that shows them knows the inner id.
+function localId(id) {
+  return String(id).split(":").pop();
+}
+
+Object.assign(registry, { snap, sizeText, statsText, localId });
 
 app.registerExtension({
   name: "lumina_mgpt2.ui",
 
   setup() {
+    // a new run starts clean: no "done" line left over from another run (or another workflow tab)
+    api.addEventListener("execution_start", () => {
+      registry.stats = {};
+    });
     api.addEventListener(STATS_EVENT, ({ detail }) => {
-      registry.stats[String(detail.node)] = detail;
+      const id = localId(detail.node);
+      registry.stats[id] = detail;
       registry.received += 1;
-      const node = app.graph?.getNodeById(Number(detail.node));
+      const node = (app.canvas?.graph ?? app.graph)?.getNodeById(Number(id));
       if (node) {
         node.luminaStatsText = statsText(detail);
         node.setDirtyCanvas(true, false);
