@@ -93,11 +93,11 @@ def build_cases(n: int = 200, prompts_per_category: int = 10, seed: int = 0,
                 categories=CATEGORIES) -> list[Case]:
     """About n images per category: up to `prompts_per_category` prompts (all of them for held_out),
     each on ceil(n / prompts) fixed seeds."""
-    rng = np.random.default_rng(seed)
     cases = []
     for ci, category in enumerate(CATEGORIES):
         if category not in categories:
             continue
+        rng = np.random.default_rng([seed, ci])  # per category: a category's prompts do not depend on the others
         if category == "edge":
             sampler = SceneSampler(np.random.default_rng([seed, 99]), exclude_held_out=False)
             scenes = [sampler.any() for _ in range(prompts_per_category)]
@@ -226,6 +226,8 @@ def markdown_table(rows: list[tuple[Setting, dict]]) -> str:
 
 
 def held_out_table(rows: list[tuple[Setting, dict]]) -> str:
+    """Per-attribute shares on the held-out prompts. The judge matches objects only when the count is right,
+    so every attribute column counts an image as right only if its count is right too."""
     rows = [(s, r) for s, r in rows if "held_out_attrs" in r]
     if not rows:
         return ""

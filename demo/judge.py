@@ -94,16 +94,25 @@ def classify(cover: np.ndarray) -> str:
     w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     hull_area = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
-    if not 0.6 <= w / h <= 1.67 or area / max(hull_area, 1.0) < 0.8:
+    # every shape we draw is about as wide as tall (a triangle 1.15:1): ovals, bars and merged blobs are not
+    if not 0.8 <= w / h <= 1.3 or area / max(hull_area, 1.0) < 0.8:
         return "unknown"
     mid = (ys.min() + ys.max() + 1) / 2.0
-    if (ys < mid).sum() / area < 0.39:
+    top_share = (ys < mid).sum() / area
+    if top_share < 0.39:
         return "triangle"
+    if top_share > 0.61:  # pointing down: not a shape of the vocabulary
+        return "unknown"
     u, v = xs + ys, xs - ys
     fill_axis = area / float(w * h)
     fill_diag = area / ((u.max() - u.min() + 2) * (v.max() - v.min() + 2) / 2.0)
     score = fill_axis - fill_diag
-    return "square" if score > 0.2 else "diamond" if score < -0.2 else "circle"
+    if score > 0.2:
+        return "square"
+    if score < -0.2:
+        return "diamond"
+    # a disc fills pi/4 = 0.785 of its box; lumpy blobs and polygons that fall between the classes do not
+    return "circle" if 0.72 <= fill_axis <= 0.86 else "unknown"
 
 
 def coverage(img: np.ndarray, colour: str, background: str) -> np.ndarray:

@@ -14,6 +14,8 @@ def test_prompt_sets_cover_every_category_with_enough_images():
     seeds = [(c.category, s) for c in cases for s in c.seeds]
     assert len(seeds) == len(set(seeds))
     assert se.build_cases(n=200) == cases  # fixed, not random per run
+    colours = [c for c in cases if c.category == "colours"]
+    assert se.build_cases(n=200, categories=["colours"]) == colours  # and independent of the other categories
     held = [c for c in cases if c.category == "held_out"]
     assert all(c.spec.background and c.spec.objects[0].region for c in held)
     assert all(c.condition is not None for c in cases if c.category == "edge")

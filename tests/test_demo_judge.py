@@ -27,6 +27,29 @@ def test_judge_is_right_on_generator_images():
         assert judge(img, _ground_truth_spec(scene)).all_ok, scene.caption
 
 
+def _blob(draw) -> np.ndarray:
+    import cv2
+    img = np.full((64, 64, 3), (0, 0, 255), np.uint8)
+    draw(cv2, img, (255, 0, 0))
+    return img
+
+
+@pytest.mark.parametrize("name,draw", [
+    ("ellipse 1.6:1", lambda cv2, a, c: cv2.ellipse(a, (32, 32), (16, 10), 0, 0, 360, c, -1)),
+    ("rotated ellipse", lambda cv2, a, c: cv2.ellipse(a, (32, 32), (16, 10), 30, 0, 360, c, -1)),
+    ("two merged discs", lambda cv2, a, c: (cv2.circle(a, (26, 32), 10, c, -1), cv2.circle(a, (38, 32), 10, c, -1))),
+    ("triangle pointing down", lambda cv2, a, c: cv2.fillPoly(a, [np.array([[18, 20], [46, 20], [32, 46]])], c)),
+    ("rectangle 1.5:1", lambda cv2, a, c: cv2.rectangle(a, (17, 22), (47, 42), c, -1)),
+    ("pentagon", lambda cv2, a, c: cv2.fillPoly(a, [np.stack([32 + 15 * np.cos(t), 32 + 15 * np.sin(t)], 1).astype(
+        np.int32) for t in [np.linspace(0, 2 * np.pi, 6)[:-1] - np.pi / 2]], c)),
+])
+def test_judge_does_not_call_other_blobs_circles_or_squares(name, draw):
+    """Only the vocabulary's shapes get a name: ovals, bars, merged blobs and other polygons are 'unknown'
+    (a lenient judge would flatter a model that draws blobs)."""
+    (found,), _ = find_shapes(_blob(draw))
+    assert found.kind == "unknown", (name, found)
+
+
 def test_judge_accepts_float_images():
     scene = training_scenes(seed=5, n=1)[0]
     assert judge(scene.render().astype(np.float32) / 255.0, scene.spec).all_ok

@@ -13,12 +13,13 @@ from lumina_core.model import decode_mask
 
 
 
-def _hf_chameleon(vocab_size, num_kv_heads, seed=1):
+def _hf_chameleon(vocab_size, num_kv_heads, seed=1, swin_norm=False):
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
     cfg = ChameleonConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
                           num_attention_heads=4, num_key_value_heads=num_kv_heads, max_position_embeddings=512,
-                          rms_norm_eps=1e-5, rope_theta=10000.0, vocabulary_map={}, attn_implementation="eager")
+                          rms_norm_eps=1e-5, rope_theta=10000.0, vocabulary_map={}, attn_implementation="eager",
+                          swin_norm=swin_norm)
     torch.manual_seed(0)
     model = ChameleonForConditionalGeneration(cfg).eval()
     g = torch.Generator().manual_seed(seed)
@@ -31,11 +32,11 @@ def _hf_chameleon(vocab_size, num_kv_heads, seed=1):
     return model, cfg
 
 
-@pytest.mark.parametrize("num_kv_heads", [4, 2])
-def test_logits_match_transformers_chameleon(tmp_path, num_kv_heads):
+@pytest.mark.parametrize("num_kv_heads,swin_norm", [(4, False), (2, False), (4, True)])
+def test_logits_match_transformers_chameleon(tmp_path, num_kv_heads, swin_norm):
     tok = tiny_tokenizer(64)
     vocab = tok.get_vocab_size(with_added_tokens=True)
-    ref_model, cfg = _hf_chameleon(vocab, num_kv_heads)
+    ref_model, cfg = _hf_chameleon(vocab, num_kv_heads, swin_norm=swin_norm)
     state = ref_model.state_dict()
     assert tuple(state["model.layers.0.self_attn.q_norm.weight"].shape) == (4, 16)  # (heads, head_dim) layout
     assert state["model.layers.0.self_attn.k_norm.bias"].abs().sum() > 0
@@ -44,6 +45,7 @@ def test_logits_match_transformers_chameleon(tmp_path, num_kv_heads):
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
 
     ours = LuminaMGPT.from_pretrained(str(tmp_path), dtype=torch.float32)
+    assert ours.config.swin_norm == swin_norm
     ids = torch.randint(0, vocab, (2, 37), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = ref_model(input_ids=ids).logits.float()
