@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LUMINA_VENV:-$ROOT/.venv}"
 COMFY_HOME="${LUMINA_COMFY_HOME:-$ROOT/.comfy}"
 PY="${PYTHON:-python3}"
-STAMP_VERSION=3
+STAMP_VERSION=4  # bump when requirements change, so existing set-ups install them
 
 quiet_pip() {  # pip prints one warning per missing local index folder; keep real errors
   # grep finding nothing to print is fine; pip failing is not (its status is PIPESTATUS[0])
