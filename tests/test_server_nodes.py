@@ -268,7 +268,10 @@ def test_interrupt_stops_a_long_generation_within_a_row(comfy, sjd):
     (stopped,) = run.of_type("execution_interrupted")
     assert stopped["node_type"] == "LuminaMGPT2Sampler"
     last = max(p["value"] for p in run.of_type("progress") if p["node"] == "3")
-    assert last < 128 and last <= seen["at"] + 2, (seen, last)
+    # the margin is the client's round trip (websocket event -> POST /interrupt) on a busy machine, plus SJD
+    # reporting several rows at once; stopping within one row of the request is checked in-process
+    # (tests/test_nodes_memory.py)
+    assert last < 128 and last <= seen["at"] + 6, (seen, last)
     assert comfy.run(t2i(seed=62, prefix="after_interrupt")).status == "success"
 
 
