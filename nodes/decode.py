@@ -14,11 +14,6 @@ PANELS = ("output", "other panel", "full canvas")
 OTHER = {"upper": "lower", "lower": "upper", "full": "full"}
 
 
-def _interrupted() -> bool:
-    mm.throw_exception_if_processing_interrupted()  # ComfyUI's own way to stop a node (Cancel, /interrupt)
-    return False
-
-
 def panel_of(tokens, choice: str) -> str:
     """'output' -> the task's result panel; 'other panel' -> the rest of a dual-panel canvas."""
     own = tokens.task.output_panel if tokens.task is not None else "full"
@@ -65,5 +60,5 @@ class Decode(io.ComfyNode):
         memory.load_image_tokenizer(image_tokenizer, codes.shape[-2] * codes.shape[-1] * f * f, cls.DECODE_BATCH)
         pbar = comfy.utils.ProgressBar(codes.shape[0])
         images = decode_images(vq, codes, batch=cls.DECODE_BATCH, progress=lambda done, total: pbar.update_absolute(done),
-                               cancel=_interrupted)
+                               cancel=mm.throw_exception_if_processing_interrupted)  # raises on Cancel
         return io.NodeOutput(images.to(mm.intermediate_device()))

@@ -85,7 +85,7 @@ class SamplingSettings(io.ComfyNode):
                 io.Int.Input("guidance_top_k", default=0, min=0, max=65536,
                              tooltip="Apply guidance only among the k codes the prompt-conditioned model finds most "
                                      "likely. 0 = off (upstream). Lets small models take strong cfg (the shapes "
-                                     "demo: 4 works with 4, see BENCHMARKS.md)."),
+                                     "demo handles cfg 4 with guidance_top_k 4, see BENCHMARKS.md)."),
                 io.Combo.Input("cfg_mode", options=list(CFG_MODES), default="plain",
                                tooltip="plain: the cfg you set. upstream: reproduce upstream's schedule, which turns "
                                        "any cfg between 1 and 4 into 4 and decays it towards 4 (for comparisons)."),

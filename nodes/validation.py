@@ -49,8 +49,9 @@ def first_problem(*problems: str | None) -> bool | str:
     return next((p for p in problems if p), True)
 
 
-def require(*problems: str | None) -> None:
-    """The same checks at run time, when linked values are known: raise the first problem."""
+def require(*problems: str | bool | None) -> None:
+    """The same checks at run time, when linked values are known: raise the first problem (also takes
+    validate_inputs' own result, True or a problem)."""
     problem = first_problem(*problems)
     if problem is not True:
         raise InputError(problem)
