@@ -104,9 +104,14 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], dtype, device,
-                         ignore_prefixes=IGNORED_PREFIXES, skip=()) -> None:
-    """Strictly load every tensor of `model` from safetensors `files` (model built on the meta device)."""
-    expected = {n: tuple(p.shape) for n, p in model.named_parameters()}
+                         ignore_prefixes=IGNORED_PREFIXES, skip=(), transform=None, expected_shapes=None) -> None:
+    """Strictly load every tensor of `model` from safetensors `files` (model built on the meta device).
+
+    transform(name, slice) -> tensor: read only part of a tensor (a tensor-parallel shard) from its
+    safetensors slice (index it like a tensor: slice[a:b], slice[:, a:b]); expected_shapes: the
+    checkpoint shapes the strict check compares against when the model holds such parts.
+    """
+    expected = expected_shapes or {n: tuple(p.shape) for n, p in model.named_parameters()}
     found: dict[str, tuple[str, tuple[int, ...]]] = {}
     for file, listed in files.items():
         shapes = safetensors_shapes(file)
@@ -140,7 +145,7 @@ def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], d
         with _open(file) as f:
             for k in keys:
                 try:
-                    t = f.get_tensor(k)
+                    t = f.get_tensor(k) if transform is None else transform(k, f.get_slice(k))
                 except Exception as e:
                     raise CheckpointError(f"could not read {k} from {file} ({e}); the file is corrupt.") from None
                 target = dtype if t.is_floating_point() else t.dtype

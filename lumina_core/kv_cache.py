@@ -24,7 +24,8 @@ class KVCache:
     @classmethod
     def for_model(cls, model, batch: int, max_len: int) -> "KVCache":
         cfg = model.config
-        return cls(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim,
+        heads = getattr(model, "local_kv_heads", cfg.num_key_value_heads)  # a tensor-parallel shard's own (tp.py)
+        return cls(cfg.num_hidden_layers, batch, heads, max_len, cfg.head_dim,
                    model.compute_dtype, model.device)
 
     def row_view(self, step: int) -> "KVCache":

@@ -1,0 +1,138 @@
+"""Tensor parallelism on CPU with gloo (2 and 4 ranks, fp32, a tiny random checkpoint): logits equal to the
+single-process model, identical codes for plain, SJD and best-of-N decoding on every rank, 1/N of the
+weights per rank, and a loader that reads only the rank's slices."""
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from builders import tiny_checkpoint
+from lumina_core import LuminaMGPT, best_of_n, generate
+from lumina_core.sjd import SJDecoder
+from lumina_core import tp
+
+# GQA (8 query, 4 key/value heads), q-norm per head, k-norm in 2 groups of heads: every slicing rule runs
+CFG = dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, intermediate_size=160,
+           q_norm_groups=8, k_norm_groups=2)
+PROMPT = "a red circle"
+RUNS = {
+    "greedy": dict(cfg=3.0, top_k=1, seed=3, batch_size=2),
+    "sampled": dict(cfg=3.0, top_k=16, temperature=1.0, seed=5, batch_size=2),
+    "sjd_greedy": dict(cfg=3.0, top_k=1, seed=3, decoder=SJDecoder(window=6)),
+    "sjd_sampled": dict(cfg=3.0, top_k=0, seed=7, decoder=SJDecoder(window=6)),
+}
+
+
+def outputs(model, int8=False):
+    """Everything compared between the single-process model and every rank."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=g)
+    out = {}
+    with torch.inference_mode():
+        out["logits"] = model(ids)
+        rows = model.tokenizer.special.image_rows
+        from lumina_core.kv_cache import KVCache
+        cache = KVCache.for_model(model, 2, 16)
+        out["code_logits"] = model.forward_step(ids[:, :9], cache, cache.slots(9), kv_len=9, rows=rows)
+        out["cache_heads"] = cache.k[0].shape[1]
+    if int8:
+        return out
+    for name, kw in RUNS.items():
+        out[name] = generate(model, PROMPT, 32, 32, **kw).codes
+    bon = best_of_n(model, PROMPT, 32, 32, n=3, seed=11, cfg=3.0, top_k=16, chunk_size=2)
+    out["bon"] = (bon.codes, bon.scores, bon.best_index)
+    return out
+
+
+def _rank_main(rank, world, port, folder, results, int8):
+    torch.set_num_threads(1)
+    shard = tp.init_group(rank, world, port)
+    try:
+        quantize = tp.quantizer("int8", torch.float32) if int8 else None
+        model = tp.load_sharded(LuminaMGPT, folder, shard, dtype=torch.float32, quantize=quantize)
+        out = outputs(model, int8)
+        out["resident"] = tp.resident_weight_bytes(model)
+        torch.save(out, os.path.join(results, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_ranks(world, folder, results, int8=False):
+    mp.spawn(_rank_main, args=(world, tp.free_port(), folder, results, int8), nprocs=world, join=True)
+    return [torch.load(os.path.join(results, f"rank{r}.pt")) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder, _ = tiny_checkpoint(tmp_path_factory.mktemp("tp") / "ckpt", num_codes=64, shards=2, **CFG)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    model = LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
+    out = outputs(model)
+    out["resident"] = tp.resident_weight_bytes(model)
+    out["replicated"] = sum(p.numel() * 4 for n, p in model.named_parameters()
+                            if "norm" in n and "self_attn" not in n or "embed_tokens" in n)
+    return out
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_match_the_single_process_model(tmp_path, checkpoint, reference, world):
+    ranks = run_ranks(world, checkpoint, str(tmp_path))
+    for r, out in enumerate(ranks):
+        torch.testing.assert_close(out["logits"], reference["logits"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(out["code_logits"], reference["code_logits"], rtol=0, atol=1e-5)
+        assert out["cache_heads"] == CFG["num_key_value_heads"] // world  # the KV cache holds local heads only
+        for name in RUNS:
+            assert torch.equal(out[name], reference[name]), f"rank {r}: {name} codes differ"
+        codes, scores, best = out["bon"]
+        assert torch.equal(codes, reference["bon"][0]) and best == reference["bon"][2]
+        torch.testing.assert_close(scores, reference["bon"][1], rtol=0, atol=1e-5)
+    # the sampled runs are not trivially equal (different seeds give different images)
+    assert not torch.equal(reference["sampled"][0], reference["sampled"][1])
+    # each rank holds 1/world of the sharded weights, plus the replicated embedding and norms
+    sharded = reference["resident"] - reference["replicated"]
+    for out in ranks:
+        local = out["resident"] - reference["replicated"]
+        assert abs(local - sharded / world) <= 0.01 * sharded, (local, sharded / world)
+
+
+def test_int8_shards_quantize_exactly_per_channel(tmp_path, checkpoint):
+    """Quantizing after sharding gives each rank the rows the whole model's per-channel int8 would have."""
+    from lumina_core import quantize_int8_
+    ref = LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
+    quantize_int8_(ref, backend="native", kernel="dequant", dtype=torch.float32)
+    want = outputs(ref, int8=True)
+    ranks = run_ranks(2, checkpoint, str(tmp_path), int8=True)
+    for out in ranks:
+        torch.testing.assert_close(out["code_logits"], want["code_logits"], rtol=0, atol=1e-4)
+
+
+def test_shard_plan_slices_head_rows_and_norm_groups():
+    """The lm_head rows of all ranks, put back in rank order, are the whole vocabulary (codes and the rest)."""
+    from lumina_core.config import LuminaConfig
+    cfg = LuminaConfig(vocab_size=23, hidden_size=16, intermediate_size=8, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2)
+    full = torch.arange(23.0)[:, None].expand(23, 16)
+    codes, rest = [], []
+    for r in range(3 if cfg.num_attention_heads % 3 == 0 else 2):
+        plan = tp.Plan(cfg, tp.Shard(r, 2), code_rows=(5, 14))
+        local = plan.take("lm_head.weight", full)
+        assert local.shape[0] == plan.head_rows
+        codes.append(local[: plan.codes[2], 0])
+        rest.append(local[plan.codes[2]:, 0])
+    assert torch.equal(torch.cat(codes)[:9], torch.arange(5.0, 14.0))
+    assert torch.equal(torch.cat(rest)[:14], torch.cat([torch.arange(0.0, 5.0), torch.arange(14.0, 23.0)]))
+    norm = torch.arange(2.0)[:, None].expand(2, 4)  # 2 groups over 4 heads: heads 0,1 -> 0; 2,3 -> 1
+    assert torch.equal(tp.Plan(cfg, tp.Shard(1, 2), None).take("model.layers.0.self_attn.q_norm.weight", norm)[:, 0],
+                       torch.tensor([1.0, 1.0]))
+
+
+def test_indivisible_heads_give_a_clear_error():
+    from lumina_core import InputError
+    from lumina_core.config import LuminaConfig
+    with pytest.raises(InputError, match="do not split evenly over 3 devices"):
+        tp.check_divisible(LuminaConfig(num_attention_heads=32, num_key_value_heads=32), 3)
