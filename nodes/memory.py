@@ -63,10 +63,31 @@ def _follow_load_device(patcher, device_to, *args) -> None:
                 module._buffers[name] = b.to(device_to)
 
 
-def wrap(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+def transformer_patcher_class() -> type:
+    """The legacy ModelPatcher, on purpose, whatever ComfyUI's CoreModelPatcher is.
+
+    ComfyUI 0.33 makes ModelPatcherDynamic (dynamic VRAM, comfy-aimdo) the default on NVIDIA: weights are
+    paged onto the GPU when a layer runs and evicted under pressure. That suits a diffusion model, whose
+    forwards are few and long. An autoregressive decoder reads every weight once per token, 9,312 times for
+    a 768x768 image: a weight that is not resident is copied over PCIe thousands of times. The transformer
+    therefore loads whole when it fits (the sampler reserves the KV cache as inference memory), and the
+    pack's memory planning chooses a size that fits; legacy partial loading remains the slow last resort.
+    The CUDA-graph decode loop (Speed Settings) also needs weights that stay where they are."""
+    return comfy.model_patcher.ModelPatcher
+
+
+def image_tokenizer_patcher_class() -> type:
+    """Whatever ComfyUI uses for its own VAEs at run time (ModelPatcherDynamic on 0.33 with a GPU): the
+    MoVQGAN runs a few full-image forwards per image, like a VAE. Its layers are plain torch convolutions,
+    so either patcher loads it whole (1.08 GB for movqgan_270M)."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)  # 0.3.75: none
+
+
+def wrap(model: torch.nn.Module, patcher_class: type | None = None) -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher for an engine model whose weights sit on the offload device."""
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-    patcher = comfy.model_patcher.ModelPatcher(PatcherModule(model, offload_device), load_device, offload_device)
+    cls = patcher_class or transformer_patcher_class()
+    patcher = cls(PatcherModule(model, offload_device), load_device, offload_device)
     patcher.add_callback(CallbacksMP.ON_LOAD, _follow_load_device)
     return patcher
 

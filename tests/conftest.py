@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,8 +23,23 @@ from dataclasses import dataclass, field
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMFY_DIR = os.environ.get("LUMINA_COMFY_DIR", os.path.join(ROOT, ".comfy", "comfyui"))
-COMFY_PYTHON = os.environ.get("LUMINA_COMFY_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
+COMFY_HOME = os.environ.get("LUMINA_COMFY_HOME", os.path.join(ROOT, ".comfy"))
+
+
+def _default_host() -> str:
+    """The ComfyUI release these tests run against (scripts/setup.sh puts each in .comfy/<version>/): the one
+    whose venv runs pytest (scripts/test.sh), else LUMINA_COMFYUI, else 0.3.75, which the shared venv can
+    import in-process (0.33 needs packages of its own venv)."""
+    here = os.path.realpath(sys.prefix)
+    for version in sorted(os.listdir(COMFY_HOME)) if os.path.isdir(COMFY_HOME) else ():
+        if here == os.path.realpath(os.path.join(COMFY_HOME, version, "venv")):
+            return version
+    return os.environ.get("LUMINA_COMFYUI", "0.3.75")
+
+
+COMFY_VERSION = _default_host()
+COMFY_DIR = os.environ.get("LUMINA_COMFY_DIR", os.path.join(COMFY_HOME, COMFY_VERSION, "comfyui"))
+COMFY_PYTHON = os.environ.get("LUMINA_COMFY_PYTHON", os.path.join(COMFY_HOME, COMFY_VERSION, "venv", "bin", "python"))
 PACK_NAME = "ComfyUI-Lumina-mGPT2"
 TINY_CHECKPOINT = "tiny-test"
 TINY_IMAGE_TOKENIZER = "tiny_movqgan.safetensors"
@@ -328,3 +344,20 @@ def demo_sampling() -> dict:
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
     return {k: config[k] for k in SAMPLING_KEYS}
+
+
+# --------------------------------------------------------------------------- which tests need a ComfyUI host
+HOST_FIXTURES = {"pack", "comfy"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that runs inside or against ComfyUI `host`: scripts/test.sh runs those once per ComfyUI
+    release and the rest (the engine's) once."""
+    for item in items:
+        if (HOST_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("server")
+                or item.get_closest_marker("browser")):
+            item.add_marker(pytest.mark.host)
+
+
+def pytest_report_header(config):
+    return f"ComfyUI host: {COMFY_VERSION} ({COMFY_DIR}, python {COMFY_PYTHON})"

@@ -19,8 +19,7 @@ def nodes(pack):
 
 
 def sample(nodes, model, seed=0, size=256, **kw):
-    from comfy_api.latest import io
-    sampler = nodes.sampler.Sampler.PREPARE_CLASS_CLONE({io.Hidden.unique_id: "1"})
+    sampler = nodes.compat.node_with_hidden(nodes.sampler.Sampler, unique_id="1")
     return sampler.execute(model, prompt="a red circle", task="t2i", width=size, height=size, seed=seed, cfg=4.0,
                            top_k=4096, temperature=1.0, batch_size=2, **kw).args[0]
 
@@ -76,8 +75,7 @@ def test_load_evict_partial_and_free_on_gpu(nodes):
 def test_speed_settings_use_cuda_graphs_with_identical_greedy_codes(nodes):
     model = nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "fp32", "sdpa").args[0]
     speed = nodes.settings.SpeedSettings.execute(True, False, 64).args[0]
-    from comfy_api.latest import io
-    sampler = nodes.sampler.Sampler.PREPARE_CLASS_CLONE({io.Hidden.unique_id: "1"})
+    sampler = nodes.compat.node_with_hidden(nodes.sampler.Sampler, unique_id="1")
     kw = dict(prompt="a red circle", task="t2i", width=128, height=128, seed=2, cfg=4.0, top_k=1, temperature=1.0,
               batch_size=2)
     eager = sampler.execute(model, **kw).args[0].codes
