@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import compat  # noqa: F401  (host differences, also used by tests)
 from .condition import ConditionEncoder
 from .decode import Decode
 from .download import Download

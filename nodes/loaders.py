@@ -116,4 +116,4 @@ class ImageTokenizerLoader(io.ComfyNode):
     def execute(cls, image_tokenizer: str) -> io.NodeOutput:
         path = resolve(image_tokenizer, list_image_tokenizers(model_folders()), "image tokenizer", model_folders())
         vq = MoVQGAN.from_file(path, device=mm.unet_offload_device())
-        return io.NodeOutput(ImageTokenizer(memory.wrap(vq), image_tokenizer))
+        return io.NodeOutput(ImageTokenizer(memory.wrap(vq, memory.image_tokenizer_patcher_class()), image_tokenizer))
