@@ -19,8 +19,11 @@ while [ $# -gt 0 ]; do
 done
 
 bash "$ROOT/scripts/setup.sh"
-PY="${LUMINA_VENV:-$ROOT/.venv}/bin/python"
-COMFY="${LUMINA_COMFY_HOME:-$ROOT/.comfy}/comfyui"
+source "$ROOT/scripts/hosts.sh"
+HOST="${LUMINA_COMFYUI:-$(cat "${LUMINA_COMFY_HOME:-$ROOT/.comfy}/default-host")}"  # the newest set up
+PY="$(host_python "$HOST")"
+COMFY="$(host_dir "$HOST")"
+echo "[demo] ComfyUI $HOST"
 STATE="${LUMINA_STATE:-$ROOT/.comfy/state}"
 mkdir -p "$STATE/custom_nodes" "$STATE/models/lumina_mgpt"
 ln -sfn "$ROOT" "$STATE/custom_nodes/ComfyUI-Lumina-mGPT2"
