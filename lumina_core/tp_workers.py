@@ -1,0 +1,487 @@
+"""A tensor-parallel worker group that a single-process host (ComfyUI) can hold: one worker process per
+device, each loading its shard (tp.py), all running the same decoding loop; the parent sends requests
+and receives codes, progress and errors.
+
+Workers are started as fresh interpreters (`python -c ...` importing this package as `lumina_core`), not
+with multiprocessing's spawn: spawn re-runs the host's main module in every child (ComfyUI's main.py runs
+every custom node's prestartup script) and pickles by module name (ComfyUI imports packs under path-like
+names a child cannot import). Requests and replies travel over multiprocessing.connection sockets on
+127.0.0.1 with a random authkey, as plain dicts and tensors; the ranks meet in a torch.distributed group
+(tcp:// rendezvous on a free 127.0.0.1 port; gloo on CPU, NCCL on GPUs).
+
+Lifetime: close() (also when the handle is garbage collected or the parent exits) stops every worker;
+a worker whose parent dies (its parent pid changes) or whose connection closes exits by itself; a worker
+that dies makes the next reply a WorkerDied error, and the others are stopped so their memory is freed.
+Cancel: the parent's cancel callback is polled while it waits; a stop request goes to rank 0, which asks
+every rank at the next row boundary through an all-reduce, so all ranks stop at the same row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import asdict
+from multiprocessing.connection import Client, Listener, wait
+
+import torch
+
+from .errors import CheckpointError, GenerationCancelled, InputError, LuminaError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SJD_FIELDS = ("window", "init", "mode", "coupled")
+ERROR_GRACE_S = 5.0  # after one rank fails, how long the others may take to report the same error
+
+
+class WorkerDied(LuminaError):
+    """A worker process of a tensor-parallel group stopped unexpectedly."""
+
+
+def parse_devices(devices) -> list[str]:
+    """'cuda:0,cuda:1' or a list -> device names; all CUDA or all CPU."""
+    names = [d.strip() for d in (devices.split(",") if isinstance(devices, str) else devices) if d.strip()]
+    if len(names) < 1:
+        raise InputError("list at least one device, e.g. 'cuda:0,cuda:1'")
+    kinds = set()
+    for name in names:
+        try:
+            kinds.add(torch.device(name).type)
+        except RuntimeError:
+            raise InputError(f"{name!r} is not a device name; write devices like 'cuda:0,cuda:1' (or 'cpu,cpu')") from None
+    if not kinds <= {"cuda", "cpu"} or len(kinds) > 1:
+        raise InputError(f"devices must be all CUDA GPUs or all 'cpu', got {', '.join(names)}")
+    if "cuda" in kinds:
+        indices = [torch.device(n).index or 0 for n in names]
+        if len(set(indices)) != len(indices):
+            raise InputError(f"each GPU may be listed once (NCCL needs one rank per GPU), got {', '.join(names)}")
+        if torch.cuda.is_available() and max(indices) >= torch.cuda.device_count():
+            raise InputError(f"{', '.join(names)} asks for GPU {max(indices)} but this machine has "
+                             f"{torch.cuda.device_count()}")
+    return names
+
+
+def _send(conn, msg) -> None:
+    """Plain pickle over the socket: torch.multiprocessing's tensor sharing (fds, shared memory) is for
+    processes of one multiprocessing context, which these are not."""
+    conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn):
+    return pickle.loads(conn.recv_bytes())
+
+
+# ======================================================================================== worker side
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the parent is gone (this process is re-parented), even in the middle of a generation."""
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(0.5)
+    threading.Thread(target=watch, daemon=True, name="lumina-tp-parent-watch").start()
+
+
+def _weight_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return DTYPE_NAMES[name]
+
+
+class _Worker:
+    def __init__(self, conn, header: dict):
+        from . import tp
+        from .model import LuminaMGPT
+        self.conn, self.rank, self.world = conn, header["rank"], header["world"]
+        self.device = torch.device(header["device"])
+        if header.get("threads"):
+            torch.set_num_threads(header["threads"])
+        self.shard = tp.init_group(self.rank, self.world, header["port"], self.device)
+        dtype = _weight_dtype(header["dtype"], self.device)
+        self.model = tp.load_sharded(LuminaMGPT, header["path"], self.shard, dtype=dtype, device=self.device,
+                                     attention=header["attention"], quantize=tp.quantizer(header["quantization"], dtype))
+        if self.model.tokenizer is None:
+            raise InputError(f"{header['path']} has no tokenizer.json")
+        self.closing = False
+
+    def info(self) -> dict:
+        from . import tp
+        from .preview import embedding_palette
+        out = {"resident_bytes": tp.resident_weight_bytes(self.model), "pid": os.getpid()}
+        if self.rank == 0:
+            out["palette"] = embedding_palette(self.model)
+        return out
+
+    # --- callbacks every rank runs at the same points of the loop
+    def progress(self, rows: int, total: int, codes: torch.Tensor) -> None:
+        if self.rank == 0:
+            _send(self.conn, ("progress", rows, total, codes.cpu()))
+
+    def cancel(self) -> bool:
+        import torch.distributed as dist
+        stop = 0
+        if self.rank == 0:
+            while self.conn.poll():
+                msg = _recv(self.conn)
+                if msg[0] in ("cancel", "close"):
+                    stop = 1
+                    self.closing = self.closing or msg[0] == "close"
+        flag = torch.tensor([stop], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    # --- requests
+    def generate(self, req: dict) -> dict:
+        from .generate import generate
+        from .logits import SamplingOptions
+        from .sjd import SJDecoder
+        decoder = SJDecoder(**req["sjd"]) if req.get("sjd") else None
+        res = generate(self.model, req["prompt"], req["width"], req["height"], task=req["task"], seeds=req["seeds"],
+                       sampling=SamplingOptions(**req["sampling"]), condition_codes=req.get("condition_codes"),
+                       subject_description=req.get("subject_description"), decoder=decoder,
+                       progress=self.progress, cancel=self.cancel)
+        st = res.stats
+        stats = {"forwards": st.forwards, "image_tokens": st.image_tokens, "prefill_tokens": st.prefill_tokens,
+                 "seconds": st.seconds, "logprob": None if st.logprob is None else st.logprob.cpu(),
+                 "extra": dict(st.extra)}
+        return {"codes": res.codes, "stats": stats} if self.rank == 0 else {}
+
+    def chunk_size(self, req: dict) -> dict:
+        """Best-of-N candidates per batch that fit on every rank's device (the smallest)."""
+        import torch.distributed as dist
+        from .best_of_n import chunk_size_for
+        size = chunk_size_for(self.model, req["max_len"], req["use_cfg"], req["window"], req["n"])
+        t = torch.tensor([size], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return {"chunk_size": int(t.item())}
+
+    def serve(self) -> None:
+        handlers = {"generate": self.generate, "chunk_size": self.chunk_size}
+        while not self.closing:
+            try:
+                msg = _recv(self.conn)
+            except (EOFError, OSError):
+                return
+            op = msg[0]
+            if op == "close":
+                return
+            if op not in handlers:  # e.g. a stop request that came after its run had ended
+                continue
+            try:
+                _send(self.conn, ("result", handlers[op](msg[1])))
+            except GenerationCancelled as e:
+                _send(self.conn, ("cancelled", str(e)))
+            except Exception as e:
+                _send(self.conn, ("error", type(e).__name__, str(e), traceback.format_exc()))
+
+
+def worker_main() -> None:
+    """Entry point of a worker process: the header (JSON) comes on stdin."""
+    header = json.loads(sys.stdin.readline())
+    _watch_parent(header["parent_pid"])
+    conn = Client(tuple(header["address"]), authkey=bytes.fromhex(header["authkey"]))
+    _send(conn, ("hello", header["rank"]))
+    try:
+        worker = _Worker(conn, header)
+        _send(conn, ("ready", worker.info()))
+    except Exception as e:
+        _send(conn, ("error", type(e).__name__, str(e), traceback.format_exc()))
+        return
+    try:
+        worker.serve()
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ======================================================================================== parent side
+class _Processes:
+    """The worker processes and connections, kept apart from the handle so a finalizer can stop them."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+        self.conns: list = []
+        self.logs: list[str] = []
+        self.listener = None
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for conn in self.conns:
+            try:
+                _send(conn, ("close",))
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for conn in self.conns:
+            conn.close()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        self.conns = []
+
+
+def _log_tail(path: str, lines: int = 12) -> str:
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).strip()
+    except OSError:
+        return ""
+
+
+class TPWorkers:
+    """Parent-side handle of a tensor-parallel group serving one checkpoint folder.
+
+    It answers `tokenizer` and `config` (what prompt planning needs) itself and runs `generate` /
+    `best_of_n` (the keyword arguments of lumina_core.generate / best_of_n) on the workers.
+    """
+
+    def __init__(self, path: str, devices, dtype: str = "auto", quantization: str = "none", attention: str = "sdpa",
+                 threads: int | None = None, start_timeout_s: float = 900.0):
+        from .config import read_config
+        from .tokenizer import TextTokenizer
+        self.devices = parse_devices(devices)
+        if dtype != "auto" and dtype not in DTYPE_NAMES:
+            raise InputError(f"dtype must be 'auto' or one of {list(DTYPE_NAMES)}, got {dtype!r}")
+        self.path = path
+        self.config = read_config(path)
+        from .tp import check_divisible
+        check_divisible(self.config, len(self.devices))
+        self.tokenizer = TextTokenizer.from_pretrained(path)
+        self.world = len(self.devices)
+        self._p = _Processes()
+        self._finalizer = weakref.finalize(self, _Processes.stop, self._p)
+        try:
+            self._start(dtype, quantization, attention, threads, start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- lifetime
+    def _start(self, dtype, quantization, attention, threads, timeout_s) -> None:
+        from .tp import free_port
+        p = self._p
+        authkey = secrets.token_bytes(32)
+        p.listener = Listener(("127.0.0.1", 0), authkey=authkey)
+        port = free_port()
+        if threads is None and self.devices[0] == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // self.world)
+        code = f"import sys; sys.path.insert(0, {ROOT!r}); from lumina_core.tp_workers import worker_main; worker_main()"
+        for rank, device in enumerate(self.devices):
+            header = {"rank": rank, "world": self.world, "device": device, "port": port, "path": self.path,
+                      "dtype": dtype, "quantization": quantization, "attention": attention, "threads": threads,
+                      "address": list(p.listener.address), "authkey": authkey.hex(), "parent_pid": os.getpid()}
+            fd, log = tempfile.mkstemp(prefix=f"lumina-tp-rank{rank}-", suffix=".log")
+            with os.fdopen(fd, "w") as log_file:
+                proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=log_file,
+                                        stderr=subprocess.STDOUT, cwd=ROOT)
+            proc.stdin.write((json.dumps(header) + "\n").encode())
+            proc.stdin.close()
+            p.procs.append(proc)
+            p.logs.append(log)
+        # accept the connections (a worker that fails to start never connects: watch the processes meanwhile)
+        by_rank: dict[int, object] = {}
+        accepted = []
+        accept = threading.Thread(target=lambda: accepted.extend(p.listener.accept() for _ in self.devices), daemon=True)
+        accept.start()
+        deadline = time.monotonic() + timeout_s
+        while accept.is_alive():
+            accept.join(0.2)
+            for rank, proc in enumerate(p.procs):
+                if proc.poll() is not None:
+                    raise self._died(rank, "while starting")
+            if time.monotonic() > deadline:
+                raise WorkerDied(f"the Multi-GPU workers did not start within {timeout_s:.0f} s")
+        for conn in accepted:
+            kind, rank = _recv(conn)
+            by_rank[rank] = conn
+        p.conns = [by_rank[r] for r in range(self.world)]
+        replies = self._collect(timeout_s=timeout_s)
+        self.info = [r[1] for r in replies]
+        self.palette = self.info[0].get("palette")
+        self.pids = [proc.pid for proc in p.procs]
+
+    def close(self) -> None:
+        """Stop every worker (idempotent)."""
+        self._finalizer()
+
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive and all(proc.poll() is None for proc in self._p.procs)
+
+    def _died(self, rank: int, when: str) -> WorkerDied:
+        proc = self._p.procs[rank]
+        try:
+            code = proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        how = ("killed by signal %d" % -code) if code is not None and code < 0 else f"exit code {code}"
+        tail = _log_tail(self._p.logs[rank])
+        self.close()
+        return WorkerDied(f"Multi-GPU worker {rank} ({self.devices[rank]}) stopped unexpectedly {when} ({how}). All "
+                          f"workers were stopped and their memory freed; run the Multi-GPU Loader again."
+                          + (f"\nIts last output:\n{tail}" if tail else ""))
+
+    # --- requests
+    def _collect(self, progress=None, cancel=None, timeout_s: float | None = None) -> list:
+        """Wait for one reply from every rank, forwarding rank 0's progress and polling `cancel`."""
+        p = self._p
+        replies: list = [None] * self.world
+        interrupted, stop_sent = None, False
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline_error = None
+        while any(r is None for r in replies):
+            pending = [p.conns[r] for r in range(self.world) if replies[r] is None]
+            for conn in wait(pending, timeout=0.1):
+                rank = p.conns.index(conn)
+                try:
+                    msg = _recv(conn)
+                except (EOFError, OSError):
+                    raise self._died(rank, "while working") from None
+                if msg[0] == "progress":
+                    if progress is not None and interrupted is None:
+                        progress(msg[1], msg[2], msg[3])
+                else:
+                    replies[rank] = msg
+                    if msg[0] == "error" and deadline_error is None:  # the others get a moment to fail alike
+                        deadline_error = time.monotonic() + ERROR_GRACE_S
+            for rank, proc in enumerate(p.procs):
+                if replies[rank] is None and proc.poll() is not None:
+                    raise self._died(rank, "while working")
+            if cancel is not None and not stop_sent:
+                try:
+                    stop = cancel()
+                except BaseException as e:  # a host's interrupt exception: stop the workers, then raise it
+                    interrupted, stop = e, True
+                if stop:
+                    _send(p.conns[0], ("cancel",))
+                    stop_sent = True
+            if deadline_error is not None and time.monotonic() > deadline_error:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise WorkerDied(f"the Multi-GPU workers did not answer within {timeout_s:.0f} s")
+        errors = [r for r in replies if r is not None and r[0] == "error"]
+        if errors:
+            name, text, trace = errors[0][1], errors[0][2], errors[0][3]
+            if len(errors) < self.world:  # only some ranks failed (others may wait in a collective): start afresh
+                rank = replies.index(errors[0])
+                self.close()
+                raise WorkerDied(f"Multi-GPU worker {rank} ({self.devices[rank]}) failed ({name}: {text}); all "
+                                 f"workers were stopped, run the Multi-GPU Loader again.\n{trace}")
+            if name in ("InputError", "CheckpointError"):
+                raise (InputError if name == "InputError" else CheckpointError)(text)
+            raise LuminaError(f"Multi-GPU generation failed ({name}: {text})\n{trace}")
+        if interrupted is not None:
+            raise interrupted
+        if any(r[0] == "cancelled" for r in replies):
+            raise GenerationCancelled(next(r[1] for r in replies if r[0] == "cancelled"))
+        return replies
+
+    def _request(self, op: str, req: dict, progress=None, cancel=None) -> dict:
+        if not self.alive:
+            for rank, proc in enumerate(self._p.procs):
+                if proc.poll() is not None and self._finalizer.alive:
+                    raise self._died(rank, "between requests")
+            raise WorkerDied("this Multi-GPU model was closed; run the Multi-GPU Loader again")
+        for conn in self._p.conns:
+            _send(conn, (op, req))
+        return self._collect(progress, cancel)[0][1]
+
+    def generate(self, prompt: str, width: int = 768, height: int = 768, *, task="t2i", seed: int = 0,
+                 batch_size: int = 1, seeds: list[int] | None = None, cfg: float = 4.0, top_k: int = 4096,
+                 temperature: float = 1.0, top_p: float = 1.0, top_n_sigma: float = 0.0, cfg_mode: str = "plain",
+                 guidance_top_k: int = 0, sampling=None, condition_codes=None, subject_description=None,
+                 decoder=None, progress=None, cancel=None, **unsupported):
+        """lumina_core.generate on the workers; returns a GenerationResult."""
+        from . import rng
+        from .generate import GenerationResult, plan_request
+        from .logits import SamplingOptions
+        from .sampler import DecodeStats
+        if unsupported.get("condition_image") is not None:
+            raise InputError("encode the condition image first and pass condition_codes to a Multi-GPU model")
+        opts = (sampling or SamplingOptions(cfg=cfg, top_k=top_k, temperature=temperature, top_p=top_p,
+                                            top_n_sigma=top_n_sigma, cfg_mode=cfg_mode,
+                                            guidance_top_k=guidance_top_k)).validated()
+        if seeds is None:
+            if batch_size < 1:
+                raise InputError(f"batch_size must be >= 1, got {batch_size}")
+            seeds = rng.seed_sequence(seed, batch_size)
+        plan = plan_request(self, prompt, width, height, task, condition_codes=condition_codes,
+                            subject_description=subject_description)  # bad requests fail here, not in the workers
+        req = {"prompt": prompt, "width": width, "height": height, "task": plan.task.name, "seeds": list(seeds),
+               "sampling": asdict(opts), "condition_codes": condition_codes,
+               "subject_description": subject_description, "sjd": _sjd_settings(decoder)}
+        out = self._request("generate", req, progress, cancel)
+        stats = DecodeStats(**out["stats"])
+        return GenerationResult(codes=out["codes"], layout=plan.layout, task=plan.task, seeds=list(seeds),
+                                prompt=plan.text, stats=stats)
+
+    def best_of_n(self, prompt: str, width: int = 768, height: int = 768, *, n: int = 4, seed: int = 0,
+                  scorer=None, chunk_size: int | None = None, image_tokenizer=None, decoder=None, task="t2i",
+                  condition_codes=None, progress=None, cancel=None, **generate_kwargs):
+        """lumina_core.best_of_n with candidates generated on the workers and scored here."""
+        from . import rng
+        from .best_of_n import BestOfNResult
+        from .generate import decode_images, plan_request
+        from .scorers import LikelihoodScorer
+        if n < 1:
+            raise InputError(f"best-of-N needs n >= 1 candidates, got {n}")
+        scorer = scorer or LikelihoodScorer()
+        if scorer.needs_images and image_tokenizer is None:
+            raise InputError(f"the {scorer.name} scorer looks at images: pass image_tokenizer (the MoVQGAN)")
+        plan = plan_request(self, prompt, width, height, task, condition_codes=condition_codes,
+                            subject_description=generate_kwargs.get("subject_description"))
+        sampling = generate_kwargs.get("sampling")
+        use_cfg = (sampling.cfg if sampling is not None else generate_kwargs.get("cfg", 4.0)) != 1.0
+        window = getattr(decoder, "window", 2)
+        if not chunk_size:
+            chunk_size = self._request("chunk_size", {"max_len": plan.total_tokens + window, "use_cfg": use_cfg,
+                                                      "window": window, "n": n})["chunk_size"]
+        seeds = rng.seed_sequence(seed, n)
+        chunks = [seeds[a:a + chunk_size] for a in range(0, n, chunk_size)]
+        codes, scores, images, stats = [], [], [], []
+        for index, chunk in enumerate(chunks):
+            def chunk_progress(rows, total, so_far, _offset=index):
+                if progress is not None:
+                    progress(_offset * total + rows, len(chunks) * total, so_far)
+            res = self.generate(prompt, width, height, task=task, seeds=chunk, decoder=decoder,
+                                condition_codes=condition_codes, progress=chunk_progress, cancel=cancel,
+                                **generate_kwargs)
+            panels = decode_images(image_tokenizer, res.panel_codes()) if scorer.needs_images else None
+            scores.append(scorer.score(prompt, res, panels).float().cpu())
+            codes.append(res.codes)
+            stats.append(res.stats)
+            if panels is not None:
+                images.append(panels)
+        all_scores = torch.cat(scores)
+        return BestOfNResult(codes=torch.cat(codes), scores=all_scores, seeds=seeds,
+                             best_index=int(all_scores.argmax()), chunk_size=chunk_size, layout=plan.layout,
+                             task=plan.task, images=torch.cat(images) if images else None, stats=stats)
+
+
+def _sjd_settings(decoder) -> dict | None:
+    """An SJDecoder as the plain settings the workers rebuild it from (their own step function)."""
+    if decoder is None:
+        return None
+    if not all(hasattr(decoder, f) for f in SJD_FIELDS):
+        raise InputError(f"a Multi-GPU model decodes plainly or with SJD; {type(decoder).__name__} is not supported")
+    return {f: getattr(decoder, f) for f in SJD_FIELDS}
+
+

@@ -1,0 +1,136 @@
+"""The tensor-parallel worker group a host holds (lumina_core.tp_workers), on two CPU ranks with gloo: the
+same codes as the single-process model for plain, SJD and best-of-N decoding, rank 0's progress, Cancel
+stopping both ranks at the same row, a killed worker giving a clear error and stopping the others, and no
+worker left behind when the parent exits without closing."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from builders import tiny_checkpoint
+from lumina_core import GenerationCancelled, InputError, LuminaMGPT, SJDecoder, best_of_n, generate
+from lumina_core.tp_workers import TPWorkers, WorkerDied, parse_devices
+
+CFG = dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, intermediate_size=160)
+KW = dict(cfg=3.0, top_k=16, temperature=1.0)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids, timeout=20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(running(p) for p in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder, _ = tiny_checkpoint(tmp_path_factory.mktemp("tpw") / "ckpt", num_codes=64, shards=2, **CFG)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    return LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def group(checkpoint):
+    g = TPWorkers(checkpoint, "cpu,cpu", dtype="fp32")
+    yield g
+    g.close()
+
+
+def test_group_decodes_like_the_single_process_model(group, reference):
+    rows = []
+    got = group.generate("a red circle", 32, 32, seed=5, batch_size=2, progress=lambda r, t, c: rows.append((r, t, c.shape)),
+                         **KW)
+    want = generate(reference, "a red circle", 32, 32, seed=5, batch_size=2, **KW)
+    assert torch.equal(got.codes, want.codes) and got.seeds == want.seeds
+    assert rows == [(r, 4, (2, r, 4)) for r in range(1, 5)]  # rank 0's progress, with the codes so far
+    torch.testing.assert_close(got.stats.logprob, want.stats.logprob)
+    sjd = SJDecoder(window=6)
+    assert torch.equal(group.generate("a red circle", 32, 32, seed=9, decoder=sjd, **KW).codes,
+                       generate(reference, "a red circle", 32, 32, seed=9, decoder=sjd, **KW).codes)
+    bon = group.best_of_n("a red circle", 32, 32, n=3, seed=2, chunk_size=2, **KW)
+    ref = best_of_n(reference, "a red circle", 32, 32, n=3, seed=2, chunk_size=2, **KW)
+    assert torch.equal(bon.codes, ref.codes) and bon.best_index == ref.best_index
+    assert group.palette.shape == (64, 3)  # for the sampler's colour previews
+
+
+def test_bad_requests_fail_in_the_parent_with_the_engines_error(group):
+    with pytest.raises(InputError, match="multiple of"):
+        group.generate("a red circle", 33, 32)
+    with pytest.raises(InputError, match="all CUDA GPUs or all 'cpu'"):
+        parse_devices("cpu,cuda:0")
+
+
+def test_cancel_stops_both_ranks_at_the_same_row(group, reference):
+    rows = []
+
+    def cancel():
+        return len(rows) >= 2
+
+    with pytest.raises(GenerationCancelled, match="of 4 rows"):
+        group.generate("a red circle", 32, 32, seed=1, progress=lambda r, t, c: rows.append(r), cancel=cancel, **KW)
+    assert rows[:2] == [1, 2] and len(rows) <= 3
+    # both ranks stopped (each answered) and stay in step: the next request is exact again
+    assert group.alive
+    assert torch.equal(group.generate("a red circle", 32, 32, seed=1, **KW).codes,
+                       generate(reference, "a red circle", 32, 32, seed=1, **KW).codes)
+
+
+def test_a_host_interrupt_is_raised_after_the_workers_stopped(group):
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        group.generate("a red circle", 32, 32, seed=1, cancel=cancel, **KW)
+    assert len(calls) == 1 and group.alive
+    assert group.generate("a red circle", 32, 32, seed=1, **KW).codes.shape == (1, 4, 4)
+
+
+def test_a_killed_worker_gives_a_clear_error_and_stops_the_others(group):
+    pids = list(group.pids)
+    os.kill(pids[1], signal.SIGKILL)
+    with pytest.raises(WorkerDied, match=r"worker 1 \(cpu\) stopped unexpectedly .*killed by signal 9.*Loader again"):
+        group.generate("a red circle", 32, 32, seed=1, **KW)
+    assert wait_gone(pids), "a worker outlived its group"
+    with pytest.raises(WorkerDied, match="closed"):
+        group.generate("a red circle", 32, 32, seed=1, **KW)
+
+
+def test_workers_exit_when_the_parent_dies_without_closing(checkpoint, tmp_path):
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        from lumina_core.tp_workers import TPWorkers
+        g = TPWorkers({checkpoint!r}, "cpu,cpu", dtype="fp32")
+        print(*g.pids, flush=True)
+        os._exit(0)  # no close(), no atexit: as if the host were killed
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr
+    assert wait_gone(pids), "workers outlived their parent"
