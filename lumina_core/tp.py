@@ -29,7 +29,7 @@ from torch import nn
 from .errors import CheckpointError, InputError
 from .model import HeadLayerNorm, _on
 
-QuantizeFn = Callable[[nn.Linear], nn.Module]
+QuantizeFn = Callable[[nn.Linear, bool], nn.Module]  # (local float layer, row_parallel) -> layer
 
 
 @dataclass(frozen=True)
@@ -283,23 +283,48 @@ def add_collectives_(model, plan: Plan) -> None:
     model.tp_shard = plan.shard
 
 
+ROW_PARALLEL = ("o_proj", "down_proj")
+
+
 def quantize_linears_(model, quantize: QuantizeFn) -> None:
-    """Replace every local nn.Linear (body and lm_head) by quantize(linear), one at a time."""
+    """Replace every local nn.Linear (body and lm_head) by quantize(linear, row_parallel), one at a time.
+    row_parallel: the layer holds a slice of the input features (o_proj, down_proj)."""
     targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
                if isinstance(child, nn.Linear)]
     for parent, name in targets:
-        setattr(parent, name, quantize(getattr(parent, name)))
+        setattr(parent, name, quantize(getattr(parent, name), name in ROW_PARALLEL))
 
 
-def quantizer(name: str, dtype: torch.dtype) -> QuantizeFn | None:
-    """The per-layer quantize function for a quantization name ('none', 'int8', and others quant.py offers)."""
+def int8_quantizer(dtype: torch.dtype, shard: Shard) -> QuantizeFn:
+    """Per-output-channel int8 giving every rank the int8 values and scales of the unsplit layer: a
+    row-parallel layer's channel amax is the max over every rank's slice (one all-reduce per layer)."""
+    from .quant import Int8Linear
+
+    def quantize(lin: nn.Linear, row_parallel: bool) -> nn.Module:
+        w = lin.weight.detach().float()
+        amax = w.abs().amax(dim=1)
+        if row_parallel and shard.world > 1:
+            dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=shard.group)
+        scale = amax.clamp(min=1e-12) / 127.0  # as quant.quantize_per_channel, with the whole row's amax
+        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        bias = None if lin.bias is None else lin.bias.detach()
+        return Int8Linear(q, scale, bias, dtype)
+    return quantize
+
+
+def quantizer(name: str | None, dtype: torch.dtype, shard: Shard) -> QuantizeFn | None:
+    """The per-layer quantize function for a quantization name: 'none', 'int8', or a quant.py layer class
+    with from_linear(linear, dtype=) (e.g. 'int4': group-wise along the input features, exact per shard
+    when its group size divides the local input features)."""
     if name in (None, "none"):
         return None
+    if name == "int8":
+        return int8_quantizer(dtype, shard)
     from . import quant
-    maker = {"int8": getattr(quant, "Int8Linear", None), "int4": getattr(quant, "Int4Linear", None)}.get(name)
+    maker = {"int4": getattr(quant, "Int4Linear", None)}.get(name)
     if maker is None:
         raise InputError(f"quantization {name!r} is not available; use 'none' or 'int8'")
-    return lambda lin: maker.from_linear(lin, dtype=dtype)
+    return lambda lin, row_parallel: maker.from_linear(lin, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------- entry points

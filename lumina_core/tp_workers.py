@@ -108,7 +108,7 @@ class _Worker:
         self.shard = tp.init_group(self.rank, self.world, header["port"], self.device)
         dtype = _weight_dtype(header["dtype"], self.device)
         self.model = tp.load_sharded(LuminaMGPT, header["path"], self.shard, dtype=dtype, device=self.device,
-                                     attention=header["attention"], quantize=tp.quantizer(header["quantization"], dtype))
+                                     attention=header["attention"], quantize=tp.quantizer(header["quantization"], dtype, self.shard))
         if self.model.tokenizer is None:
             raise InputError(f"{header['path']} has no tokenizer.json")
         self.closing = False

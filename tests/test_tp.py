@@ -49,7 +49,7 @@ def _rank_main(rank, world, port, folder, results, int8):
     torch.set_num_threads(1)
     shard = tp.init_group(rank, world, port)
     try:
-        quantize = tp.quantizer("int8", torch.float32) if int8 else None
+        quantize = tp.quantizer("int8", torch.float32, shard) if int8 else None
         model = tp.load_sharded(LuminaMGPT, folder, shard, dtype=torch.float32, quantize=quantize)
         out = outputs(model, int8)
         out["resident"] = tp.resident_weight_bytes(model)
@@ -101,7 +101,8 @@ def test_ranks_match_the_single_process_model(tmp_path, checkpoint, reference, w
 
 
 def test_int8_shards_quantize_exactly_per_channel(tmp_path, checkpoint):
-    """Quantizing after sharding gives each rank the rows the whole model's per-channel int8 would have."""
+    """Quantizing after sharding gives each rank the int8 values and scales of the whole model's per-channel
+    int8 (row-parallel layers take the channel's amax over every rank's slice)."""
     from lumina_core import quantize_int8_
     ref = LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
     quantize_int8_(ref, backend="native", kernel="dequant", dtype=torch.float32)
@@ -118,7 +119,7 @@ def test_shard_plan_slices_head_rows_and_norm_groups():
                        num_attention_heads=4, num_key_value_heads=2)
     full = torch.arange(23.0)[:, None].expand(23, 16)
     codes, rest = [], []
-    for r in range(3 if cfg.num_attention_heads % 3 == 0 else 2):
+    for r in range(2):
         plan = tp.Plan(cfg, tp.Shard(r, 2), code_rows=(5, 14))
         local = plan.take("lm_head.weight", full)
         assert local.shape[0] == plan.head_rows
@@ -136,3 +137,34 @@ def test_indivisible_heads_give_a_clear_error():
     from lumina_core.config import LuminaConfig
     with pytest.raises(InputError, match="do not split evenly over 3 devices"):
         tp.check_divisible(LuminaConfig(num_attention_heads=32, num_key_value_heads=32), 3)
+
+
+def test_a_rank_reads_only_its_slices_from_the_safetensors_files(checkpoint, monkeypatch):
+    """Loading rank 1 of 2 indexes each safetensors slice for its part only: the elements read are half of
+    the split tensors plus the replicated ones (no process group is needed to load)."""
+    read = {"split": 0, "whole": 0}
+    take = tp.Plan.take
+
+    class Counting:
+        def __init__(self, name, inner):
+            self.name, self.inner = name, inner
+
+        def get_shape(self):
+            return self.inner.get_shape()
+
+        def __getitem__(self, index):
+            t = self.inner[index]
+            replicated = "norm" in self.name and "self_attn" not in self.name or "embed" in self.name
+            read["whole" if replicated else "split"] += t.numel()
+            return t
+
+    monkeypatch.setattr(tp.Plan, "take", lambda self, name, t: take(self, name, Counting(name, t)))
+    model = tp.load_sharded(LuminaMGPT, checkpoint, tp.Shard(1, 2), dtype=torch.float32)
+    full = LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
+    split_total = sum(p.numel() for n, p in full.named_parameters()
+                      if not ("norm" in n and "self_attn" not in n or "embed" in n))
+    whole_total = sum(p.numel() for p in full.parameters()) - split_total
+    assert read["whole"] == whole_total
+    # half of every split tensor, plus the per-head q/k norms (read whole, then sliced: a few hundred values)
+    assert split_total / 2 <= read["split"] <= split_total / 2 + 0.02 * split_total, (read, split_total)
+    assert model.model.layers[0].self_attn.num_heads == CFG["num_attention_heads"] // 2
