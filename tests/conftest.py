@@ -361,3 +361,18 @@ def pytest_collection_modifyitems(items):
 
 def pytest_report_header(config):
     return f"ComfyUI host: {COMFY_VERSION} ({COMFY_DIR}, python {COMFY_PYTHON})"
+
+
+@pytest.fixture(scope="session")
+def progress_throttle_s(pack) -> float:
+    """Seconds between plain progress updates that this ComfyUI sends (0: it sends every update)."""
+    return pack.nodes.compat.PROGRESS_THROTTLE_S
+
+
+def check_progress_values(values: list[int], total: int, throttle_s: float) -> None:
+    """A progress bar's updates as the user gets them: every row where ComfyUI sends every update (0.3.75);
+    where it throttles (0.33) the first and the last row always, the rest in order with gaps allowed."""
+    if throttle_s == 0:
+        assert values == list(range(1, total + 1)), values
+    else:
+        assert values[0] == 1 and values[-1] == total and values == sorted(set(values)), values

@@ -83,3 +83,35 @@ def test_speed_settings_use_cuda_graphs_with_identical_greedy_codes(nodes):
     step, note = nodes.settings.step_function(speed, model.engine)
     assert note is None and isinstance(step, nodes.settings.StepRunner) and step.use_graphs
     assert torch.equal(graphed, eager)
+
+
+def test_dynamic_vram_as_comfyui_033_starts_on_a_gpu(nodes, monkeypatch):
+    """ComfyUI 0.33 on NVIDIA: comfy-aimdo initialised, CoreModelPatcher = ModelPatcherDynamic, lazy comfy.ops
+    layers. The transformer still goes through the legacy ModelPatcher (nodes/memory.py says why), the MoVQGAN
+    through ModelPatcherDynamic; codes and pixels equal those of the legacy path. (0.3.75 has no dynamic VRAM:
+    the test checks that the compatibility module says so.)"""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    if nodes.compat.DYNAMIC_PATCHER is None:
+        assert not nodes.compat.dynamic_vram_enabled()
+        return
+    import comfy.memory_management
+    import comfy_aimdo.control
+    legacy_model = nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "auto", "sdpa").args[0]
+    legacy_vq = nodes.loaders.ImageTokenizerLoader.execute(TINY_IMAGE_TOKENIZER).args[0]
+    want = sample(nodes, legacy_model, seed=4, size=128, image_tokenizer=legacy_vq)
+    want_pixels = nodes.decode.Decode.execute(want, legacy_vq, "output").args[0]
+    mm.free_memory(10 * mm.get_total_memory(mm.get_torch_device()), mm.get_torch_device())
+
+    device = mm.get_torch_device()
+    assert comfy_aimdo.control.init_devices([device.index or 0]), "comfy-aimdo did not initialise on this GPU"
+    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcherDynamic)
+    monkeypatch.setattr(comfy.memory_management, "aimdo_enabled", True)
+    model = nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "auto", "sdpa").args[0]
+    vq = nodes.loaders.ImageTokenizerLoader.execute(TINY_IMAGE_TOKENIZER).args[0]
+    assert type(model.patcher) is comfy.model_patcher.ModelPatcher
+    assert isinstance(vq.patcher, comfy.model_patcher.ModelPatcherDynamic)
+    got = sample(nodes, model, seed=4, size=128, image_tokenizer=vq)
+    assert torch.equal(got.codes, want.codes)
+    pixels = nodes.decode.Decode.execute(got, vq, "output").args[0]
+    assert torch.allclose(pixels, want_pixels, atol=1e-3)

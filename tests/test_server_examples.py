@@ -7,6 +7,7 @@ import re
 import subprocess
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -17,6 +18,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 API_TWINS = sorted(glob.glob(os.path.join(EXAMPLES, "api", "*_api.json")))
 UPDATE_EXAMPLES = os.environ.get("LUMINA_UPDATE_EXAMPLES") == "1"
 THUMBNAIL_SIDE = 256
+THUMBNAIL_TOLERANCE = 8.0  # mean absolute difference in 8-bit levels, thumbnail vs. the image made
 
 
 def expected_size(workflow: dict, save_id: str) -> tuple[int, int]:
@@ -69,10 +71,19 @@ def test_example_workflow_runs_to_saved_pngs(comfy, path):
         assert images
         for png in images:
             assert Image.open(png).size == expected_size(workflow, nid)
+    # the thumbnail users see in the template browser is what the workflow, as shipped, makes
+    first = Image.open(comfy.output_images(run, saves[0])[0]).convert("RGB")
+    made = first.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE * first.height // first.width), Image.NEAREST)
+    thumbnail = path.replace(os.path.join("api", ""), "").replace("_api.json", ".jpg")
     if UPDATE_EXAMPLES:
-        first = Image.open(comfy.output_images(run, saves[0])[0]).convert("RGB")
-        thumb = first.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE * first.height // first.width), Image.NEAREST)
-        thumb.save(path.replace(os.path.join("api", ""), "").replace("_api.json", ".jpg"), quality=90)
+        made.save(thumbnail, quality=90)
+    shipped = Image.open(thumbnail).convert("RGB")
+    assert shipped.size == made.size, f"{os.path.basename(thumbnail)}: {shipped.size}, the workflow makes {made.size}"
+    diff = np.abs(np.asarray(shipped, dtype=np.int16) - np.asarray(made, dtype=np.int16))
+    # JPEG at quality 90 moves a pixel by a few levels on average; another image moves it by dozens
+    assert diff.mean() < THUMBNAIL_TOLERANCE, (
+        f"{os.path.basename(thumbnail)} does not show what the workflow makes (mean difference "
+        f"{diff.mean():.1f} levels): rerun with LUMINA_UPDATE_EXAMPLES=1")
 
 
 def test_set_up_and_run_command(tmp_path):
