@@ -433,3 +433,16 @@ def init_group(rank: int, world: int, port: int, device: str | torch.device = "c
     dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return Shard(rank, world)
+
+
+def init_env_group(device: str | torch.device | None = None) -> tuple[Shard, torch.device]:
+    """Join the group torchrun describes (env://: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT),
+    across machines as on one. device None: cuda:LOCAL_RANK when CUDA is available, else the CPU."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    return Shard.current(), device

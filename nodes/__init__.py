@@ -8,13 +8,14 @@ from .condition import ConditionEncoder
 from .decode import Decode
 from .download import Download
 from .loaders import ImageTokenizerLoader, ModelLoader
+from .multigpu import MultiGPULoader
 from .sampler import Sampler
 from .select import SelectBest
 from .settings import BestOfNSettings, SamplingSettings, SJDSettings, SpeedSettings
 
 NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, SJDSettings,
                                    BestOfNSettings, SelectBest, Decode, Download, SpeedSettings,
-                                   SamplingSettings]
+                                   SamplingSettings, MultiGPULoader]
 
 
 class LuminaMGPT2Extension(ComfyExtension):

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..lumina_core import FastPlain, InputError, StepRunner, TASKS, canvas_size, generate, get_task
+from ..lumina_core import FastPlain, InputError, SJDecoder, StepRunner, TASKS, canvas_size, generate, get_task
 from ..lumina_core import best_of_n as run_best_of_n
 from ..lumina_core.generate import plan_request
 from ..lumina_core.sampler import DecodeStats
@@ -125,12 +126,18 @@ class Sampler(io.ComfyNode):
         together = best_of_n["chunk_size"] if best_of_n is not None and best_of_n["chunk_size"] else batch_size
         streams = together * (2 if cfg != 1.0 else 1)
         extra = [image_tokenizer.patcher] if image_tokenizer is not None else []
-        memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=extra)
-        step, note = step_function(speed, engine)  # after loading: CUDA graphs need the weights in place
+        workers = getattr(model, "workers", None)  # a Multi-GPU Loader's model: its worker processes decode
+        if workers is None:
+            memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=extra)
+            step, note = step_function(speed, engine)  # after loading: CUDA graphs need the weights in place
+        else:
+            if extra:
+                mm.load_models_gpu(extra)
+            step, note = None, ("speed settings do not apply to a Multi-GPU model" if speed is not None else None)
         if note:
             log.info("Lumina-mGPT 2.0: %s", note)
         if sjd is not None:
-            decoder, forwards = sjd_decoder(sjd, step)
+            decoder, forwards = sjd_decoder(sjd, step) if workers is None else (SJDecoder(**sjd), None)
         else:
             decoder, forwards = (FastPlain(step) if isinstance(step, StepRunner) else None), None
         vq = image_tokenizer.engine if image_tokenizer is not None else None
@@ -140,11 +147,13 @@ class Sampler(io.ComfyNode):
                       decoder=decoder, progress=progress.on_rows, cancel=progress.cancel, **(sampling or {}))
         num_codes = engine.tokenizer.special.num_image_codes
         if best_of_n is None:
-            result = generate(engine, prompt, canvas_w, canvas_h, seed=seed, batch_size=batch_size, **common)
+            run = workers.generate if workers is not None else partial(generate, engine)
+            result = run(prompt, canvas_w, canvas_h, seed=seed, batch_size=batch_size, **common)
             tokens = LuminaTokens(codes=result.codes, layout=result.layout, num_codes=num_codes, task=result.task,
                                   seeds=tuple(result.seeds), stats=result.stats)
         else:
-            result = run_best_of_n(engine, prompt, canvas_w, canvas_h, n=best_of_n["n"], seed=seed,
+            run = workers.best_of_n if workers is not None else partial(run_best_of_n, engine)
+            result = run(prompt, canvas_w, canvas_h, n=best_of_n["n"], seed=seed,
                                    scorer=best_of_n["scorer"], chunk_size=best_of_n["chunk_size"],
                                    image_tokenizer=vq, **common)
             tokens = LuminaTokens(codes=result.codes, layout=result.layout, num_codes=num_codes, task=result.task,

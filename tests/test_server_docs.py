@@ -13,10 +13,11 @@ NODE_ORDER = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "Lumi
               "LuminaMGPT2Decode", "LuminaMGPT2ConditionEncoder", "LuminaMGPT2SJDSettings",
               "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest", "LuminaMGPT2SpeedSettings",
               "LuminaMGPT2SamplingSettings",
-              "LuminaMGPT2Download"]
+              "LuminaMGPT2Download", "LuminaMGPT2MultiGPULoader"]
 # Combos listing files on this machine: their options differ between installs (value: the default shown).
 FILE_LISTS = {("LuminaMGPT2ModelLoader", "checkpoint"): "first found",
               ("LuminaMGPT2ImageTokenizerLoader", "image_tokenizer"): "first found",
+              ("LuminaMGPT2MultiGPULoader", "checkpoint"): "first found",
               ("LuminaMGPT2BestOfNSettings", "clip_model"): "`none`"}
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 HEADER = """# Lumina-mGPT 2.0 nodes

@@ -168,3 +168,32 @@ def test_a_rank_reads_only_its_slices_from_the_safetensors_files(checkpoint, mon
     # half of every split tensor, plus the per-head q/k norms (read whole, then sliced: a few hundred values)
     assert split_total / 2 <= read["split"] <= split_total / 2 + 0.02 * split_total, (read, split_total)
     assert model.model.layers[0].self_attn.num_heads == CFG["num_attention_heads"] // 2
+
+
+def test_serve_script_on_two_torchrun_ranks_writes_the_single_process_png(tmp_path, checkpoint, reference):
+    """scripts/serve_tp.py under torchrun (env:// rendezvous, as across machines), gloo on the CPU."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from builders import tiny_movqgan
+    from lumina_core import decode_images
+    from lumina_core.image_prep import unit_bhwc_to_pil
+    vq = tiny_movqgan(64)
+    save_file(vq.state_dict_for_save(), str(tmp_path / "vq.safetensors"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out.png"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           os.path.join(root, "scripts", "serve_tp.py"), "--checkpoint", checkpoint, "--image-tokenizer",
+           str(tmp_path / "vq.safetensors"), "--prompt", PROMPT, "--width", "32", "--height", "32", "--seed", "5",
+           "--cfg", "3.0", "--top-k", "16", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "on 2 ranks" in done.stdout
+    model = LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
+    want = generate(model, PROMPT, 32, 32, seed=5, cfg=3.0, top_k=16)
+    image = unit_bhwc_to_pil(decode_images(vq, want.panel_codes()))[0]
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(image))
