@@ -129,14 +129,76 @@ def check_size(width: int, height: int, what: str = "image") -> None:
                          f"try width {near(width)} and height {near(height)}.")
 
 
-def largest_square_that_fits(budget_tokens: int, factor: int = 8) -> int:
-    side = SIZE_MULTIPLE
+def largest_square_that_fits(budget_tokens: int, factor: int = 8, panels: int = 1) -> int | None:
+    """The largest square (panel side, a multiple of 32) whose image block takes at most `budget_tokens`
+    (`panels` stacked panels), or None if not even 32x32 does."""
+    side = None
     while True:
-        nxt = side + SIZE_MULTIPLE
-        lat = nxt // factor
-        if lat * (lat + 1) + 4 > budget_tokens:
+        nxt = (side or 0) + SIZE_MULTIPLE
+        if ImageLayout(nxt, nxt * panels, factor).block_tokens > budget_tokens:
             return side
         side = nxt
+
+
+def _panel_text(spec: TaskSpec, width: int, height: int) -> str:
+    """A size as the user typed it: the panel for dual-panel tasks."""
+    return f"{width}x{height // 2} panel ({width}x{height} canvas)" if spec.dual_panel else f"{width}x{height} image"
+
+
+def check_grid(tokenizer, spec: TaskSpec, width: int, height: int) -> None:
+    """The grid tokens name the canvas size in 32-px units; a checkpoint has them only up to some size."""
+    top = tokenizer.max_grid_units()
+    if max(width, height) // SIZE_MULTIPLE <= top:
+        return
+    if top == 0:
+        raise InputError("this checkpoint's tokenizer has no grid tokens (<reserved08801>, ...), so it cannot "
+                         "express any image size; use the tokenizer.json shipped with the checkpoint.")
+    side = top * SIZE_MULTIPLE
+    if spec.dual_panel:
+        most = f"panels of up to {side} px wide and {top // 2 * SIZE_MULTIPLE} px high (the canvas is two panels tall)"
+    else:
+        most = f"images of up to {side}x{side} px"
+    raise InputError(f"a {_panel_text(spec, width, height)} is larger than this checkpoint can express: its grid "
+                     f"tokens go up to {top} x {SIZE_MULTIPLE} px, so it makes {most}. Use a smaller width and "
+                     "height.")
+
+
+def _context_error(tokenizer, spec: TaskSpec, prompt: str, width: int, height: int, max_positions: int,
+                   factor: int, subject_description: str | None, plan: "PromptPlan") -> InputError:
+    """What to change when prompt + image exceed the model's positions, in the units the user typed."""
+    def prompt_tokens(w: int, h: int, text: str = prompt) -> int:  # BOS, rendered template + prompt, separator
+        return len(tokenizer.encode(render_prompt(spec, text, w, h, subject_description))) + 2
+
+    panels = 2 if spec.dual_panel else 1
+    image = plan.layout.block_tokens
+    excess = plan.total_tokens - max_positions
+    template = prompt_tokens(width, height, "")
+    own = len(plan.cond_ids) - len(plan.uncond_ids) - template  # the user's prompt, about (pieces may merge)
+    longest = own - excess                                      # the longest own prompt that fits at this size
+    need = (f"the {_panel_text(spec, width, height)} takes {image} tokens, the task's template {template} and the "
+            f"prompt about {own}: {plan.total_tokens} positions, {excess} more than the model's {max_positions}")
+    # smaller squares, largest first, each with the prompt as it would be rendered at that size
+    side = None
+    top = min(tokenizer.max_grid_units() // panels,
+              (largest_square_that_fits(max_positions, factor, panels) or 0) // SIZE_MULTIPLE)
+    for units in range(top, 0, -1):
+        s = units * SIZE_MULTIPLE
+        if ImageLayout(s, s * panels, factor).block_tokens + prompt_tokens(s, s * panels) <= max_positions:
+            side = s
+            break
+    square = f"{side}x{side}" + (" per panel" if spec.dual_panel else "")
+    if longest > 0 and side is not None:
+        return InputError(f"the prompt is too long for this size: {need}. Shorten the prompt by {excess} tokens (at most "
+                          f"about {longest} fit at this size) or use a smaller size (up to about {square} fits "
+                          "with this prompt).")
+    if longest > 0:
+        return InputError(f"the prompt is too long: {need}. Shorten it by at least {excess} tokens: at most about "
+                          f"{longest} tokens fit at this size, and no smaller size fits this prompt.")
+    if side is not None:
+        return InputError(f"the size is too large for the model: {need}. Use a smaller size (up to about {square} "
+                          "fits with this prompt).")
+    return InputError(f"the size is too large for the model and the prompt too long for any size: {need}. Use a "
+                      "smaller size and a shorter prompt.")
 
 
 @dataclass
@@ -173,6 +235,7 @@ def build_prompt(tokenizer, task: str | TaskSpec, prompt: str, width: int, heigh
         raise InputError(f"dual-panel canvas height {height} must be a multiple of {2 * SIZE_MULTIPLE} so each "
                          f"panel is a multiple of {SIZE_MULTIPLE}; try {height - height % 64 or 64} or "
                          f"{height - height % 64 + 64}.")
+    check_grid(tokenizer, spec, width, height)
     sp = tokenizer.special
     layout = ImageLayout(width, height, factor)
     head = [sp.image_start, tokenizer.grid_token(height // SIZE_MULTIPLE), tokenizer.grid_token(width // SIZE_MULTIPLE)]
@@ -201,11 +264,5 @@ def build_prompt(tokenizer, task: str | TaskSpec, prompt: str, width: int, heigh
     cond = [sp.bos] + tokenizer.encode(text) + [sp.separator] + head + prefix
     plan = PromptPlan(spec, layout, cond, head + prefix, text)
     if max_positions is not None and plan.total_tokens > max_positions:
-        prompt_len = len(cond) - len(head) - len(prefix)
-        budget = max_positions - prompt_len
-        side = largest_square_that_fits(budget, factor)
-        raise InputError(f"prompt ({prompt_len} tokens) plus a {width}x{height} image "
-                         f"({layout.block_tokens} tokens) needs {plan.total_tokens} positions but the model "
-                         f"has {max_positions}. Use a smaller size (up to about {side}x{side} fits with this "
-                         f"prompt) or a shorter prompt.")
+        raise _context_error(tokenizer, spec, prompt, width, height, max_positions, factor, subject_description, plan)
     return plan

@@ -2,12 +2,17 @@
 
 Every special id is looked up by name in the checkpoint's own vocabulary and validated, so a test
 checkpoint with a different id layout works exactly like the released one.
+
+User text is always encoded as text: a prompt that contains "<eoss>" or "<racm3:break>" gets the ids
+that spell those characters, never the image-end / image-start ids (which would end or restart the
+image block early). Only the sequence builder (tasks.build_prompt) places special ids.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from .errors import TokenizerError
@@ -27,6 +32,9 @@ MAX_GRID_UNITS = 99999 - GRID_BASE
 _RELEASED_VOCAB_SIZE = 171385
 _RELEASED_CODE_START = 155000
 _RELEASED_NUM_CODES = 16384
+
+
+_RESERVED = re.compile(r"<reserved\d{5}>")
 
 
 def grid_token_name(units: int) -> str:
@@ -64,10 +72,24 @@ class _HFBackend:
             raise TokenizerError(f"could not read {path}: {e}. Re-download tokenizer.json.") from None
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+        """Text -> ids through the normalizer, pre-tokenizer and model only. Tokenizer.encode would first
+        cut out every added token found in the text (special or not: encode_special_tokens only covers
+        the special ones, and the release may add its tokens as plain ones); for text without them both
+        give the same ids."""
+        tok = self.tok
+        normalized = tok.normalizer.normalize_str(text) if tok.normalizer is not None else text
+        pieces = tok.pre_tokenizer.pre_tokenize_str(normalized) if tok.pre_tokenizer is not None else [(normalized, None)]
+        return [t.id for piece, _ in pieces for t in tok.model.tokenize(piece)]
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
+
+    def added_ids(self) -> set[int]:
+        return set(self.tok.get_added_tokens_decoder())
+
+    def unknown_id(self) -> int | None:
+        unk = getattr(self.tok.model, "unk_token", None)
+        return self.tok.token_to_id(unk) if unk else None
 
     def token_to_id(self, name: str):
         return self.tok.token_to_id(name)
@@ -93,10 +115,19 @@ class _SentencePieceBackend:
             raise TokenizerError(f"could not read sentencepiece model {path}: {e}") from None
 
     def encode(self, text: str) -> list[int]:
-        return list(self.sp.EncodeAsIds(text))
+        return list(self.sp.EncodeAsIds(text))  # may match user-defined symbols: TextTokenizer spells them out
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.DecodeIds(list(ids))
+
+    def added_ids(self) -> set[int]:
+        """Control pieces, and pieces written like added tokens (<...>): the python API does not tell
+        user-defined symbols apart."""
+        return {i for i in range(self.sp.GetPieceSize()) if self.sp.IsControl(i)
+                or (self.sp.IdToPiece(i).startswith("<") and self.sp.IdToPiece(i).endswith(">") and len(self.sp.IdToPiece(i)) > 2)}
+
+    def unknown_id(self) -> int | None:
+        return self.sp.unk_id()
 
     def token_to_id(self, name: str):
         i = self.sp.PieceToId(name)
@@ -207,7 +238,49 @@ class TextTokenizer:
 
     # ------------------------------------------------------------------ use
     def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text)
+        """User text -> ids, always as text: whatever it contains, no special, grid or image-code id
+        comes out (see the module docstring)."""
+        ids = self.backend.encode(text)
+        if self.control_ids.isdisjoint(ids):
+            return ids
+        # The vocabulary maps some piece of this text straight onto a control token (a word-level
+        # vocabulary holding "<eoss>", a sentencepiece user-defined symbol): spell those pieces out.
+        ids = self._spelled(text)
+        leaked = sorted(self.control_ids.intersection(ids))
+        if leaked:
+            raise TokenizerError(f"the tokenizer ({self.source}) turns this prompt text into control token id(s) "
+                                 f"{leaked[:5]} however it is split; remove the characters that look like "
+                                 "special tokens (<...>) from the prompt.")
+        return ids
+
+    @property
+    def control_ids(self) -> frozenset[int]:
+        """Every id user text must never produce: the added tokens (specials, grid and image codes), the
+        special ids, the image-code range and any <reservedNNNNN> entry. Not the unknown token: that is
+        how a tokenizer writes text it cannot spell."""
+        cached = getattr(self, "_control_ids", None)
+        if cached is None:
+            s = self.special
+            ids = set(self.backend.added_ids()) | {s.bos, s.image_start, s.image_end, s.row_end, s.separator}
+            ids |= set(range(s.image_code_start, s.image_code_end))
+            ids |= {i for name, i in self.backend.vocab().items() if _RESERVED.fullmatch(name)}
+            ids.discard(self.backend.unknown_id())
+            self._control_ids = cached = frozenset(ids)
+        return cached
+
+    def _spelled(self, text: str) -> list[int]:
+        """Encode with every occurrence of a control token's name encoded one character at a time."""
+        pattern = getattr(self, "_control_pattern", None)
+        if pattern is None:  # built once, only for tokenizers that need it
+            names = {n for n, i in self.backend.vocab().items() if i in self.control_ids and n}
+            pattern = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
+            self._control_pattern = pattern
+        ids, pos = [], 0
+        for m in pattern.finditer(text):
+            ids += self.backend.encode(text[pos:m.start()]) if m.start() > pos else []
+            ids += [i for ch in m.group() for i in self.backend.encode(ch)]
+            pos = m.end()
+        return ids + (self.backend.encode(text[pos:]) if pos < len(text) else [])
 
     def decode(self, ids) -> str:
         return self.backend.decode(list(ids))
@@ -228,6 +301,16 @@ class TextTokenizer:
             raise TokenizerError(f"the tokenizer has no grid token {name} for {units * 32} px; this checkpoint "
                                  "cannot express that size.")
         return i
+
+    def max_grid_units(self) -> int:
+        """The largest n such that the grid tokens for 1..n x 32 px all exist (0 if none)."""
+        cached = getattr(self, "_max_grid_units", None)
+        if cached is None:
+            cached = 0
+            while cached < MAX_GRID_UNITS and self.backend.token_to_id(grid_token_name(cached + 1)) is not None:
+                cached += 1
+            self._max_grid_units = cached
+        return cached
 
     def grid_units(self, token_id: int) -> int | None:
         """Inverse of grid_token, for reading sizes back from a token stream."""

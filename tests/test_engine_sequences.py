@@ -1,8 +1,11 @@
 """Token sequences for every task, with the release's exact ids, and size / context validation."""
+import re
+
 import pytest
 import torch
 
 from builders import released_layout_tokenizer, tiny_tokenizer
+from demo import DEMO_CHECKPOINT
 from lumina_core import InputError, TASKS, TextTokenizer, TokenizerError, build_prompt
 from lumina_core.checkpoint_writer import save_tokenizer
 from lumina_core.tasks import ImageLayout, image_rows_to_ids
@@ -95,13 +98,62 @@ def test_dual_panel_height_must_split_into_two_grid_panels(released):
 
 
 def test_prompt_plus_image_longer_than_context(released):
-    with pytest.raises(InputError, match=r"needs \d+ positions but the model has 10240.*up to about \d+x\d+") as e:
+    with pytest.raises(InputError, match=r"1024x1024 image takes 16516 tokens.*more than the model's 10240") as e:
         build_prompt(released, "t2i", "x", 1024, 1024, max_positions=10240)
     # by hand: 800x800 needs 100*101+4 = 10104 block tokens + 13 prompt tokens <= 10240; 832x832 needs 10924
-    assert "prompt (13 tokens)" in str(e.value) and "up to about 800x800" in str(e.value)
+    assert "the size is too large" in str(e.value) and "up to about 800x800 fits" in str(e.value)
     long_prompt = " ".join(["circle"] * 2000)
-    with pytest.raises(InputError, match="shorter prompt"):
+    # 2000 word tokens + 12 (BOS, template, separator) + 9316 (768x768) = 11328 positions: 1088 too many
+    with pytest.raises(InputError, match=r"Shorten the prompt by 1088 tokens \(at most about 912 fit") as e:
         build_prompt(released, "t2i", long_prompt, 768, 768, max_positions=10240)
+    assert "up to about 704x704 fits" in str(e.value)  # 88*89+4 = 7836 + 2012 <= 10240; 736x736: 8560 + 2012 > it
+
+
+def test_when_no_size_fits_the_prompt_is_named_too_long_by_how_much():
+    """A prompt longer than the whole context at any size: say so, by how many tokens, and what fits."""
+    tok = TextTokenizer.from_pretrained(DEMO_CHECKPOINT)
+    text = "x" * 20000
+    with pytest.raises(InputError) as e:
+        build_prompt(tok, "t2i", text, 64, 64, max_positions=512)
+    message = str(e.value)
+    template = len(tok.encode("Generate an image of 64x64 according to the following prompt:\n")) + 2
+    own = len(tok.encode(text))
+    excess = template + own + 76 - 512  # 64x64: 8 rows of 9 tokens + 4
+    assert "the prompt is too long" in message and "no smaller size fits" in message
+    assert f"Shorten it by at least {excess} tokens" in message
+    assert f"at most about {512 - 76 - template} tokens fit at this size" in message
+    assert "32x32" not in message and "64x64 fits" not in message
+
+
+@pytest.mark.parametrize("task,height", [("t2i", 160), ("pair_canny", 320)])
+def test_size_hints_are_in_the_units_the_user_typed_and_never_the_failed_size(task, height):
+    """160x160 on a 400-position model: the hint is a smaller panel that really fits (checked by building
+    it), never 160x160 itself, for single- and dual-panel tasks alike."""
+    tok = TextTokenizer.from_pretrained(DEMO_CHECKPOINT)
+    spec = TASKS[task]
+    with pytest.raises(InputError) as e:
+        build_prompt(tok, task, "a red circle", 160, height, max_positions=400)
+    message = str(e.value)
+    assert ("160x160 panel (160x320 canvas)" if spec.dual_panel else "160x160 image") in message
+    side = int(re.search(r"up to about (\d+)x\1", message).group(1))
+    assert side < 160
+    panels = 2 if spec.dual_panel else 1
+    build_prompt(tok, task, "a red circle", side, side * panels, max_positions=400)  # the hint fits
+    with pytest.raises(InputError):
+        build_prompt(tok, task, "a red circle", side + 32, (side + 32) * panels, max_positions=400)  # the largest
+
+
+def test_size_beyond_the_grid_tokens_names_the_largest_size(tmp_path):
+    tok = tiny_tokenizer(16, max_grid_units=4)
+    save_tokenizer(str(tmp_path), tok)
+    t = TextTokenizer.from_pretrained(str(tmp_path))
+    assert t.max_grid_units() == 4
+    build_prompt(t, "t2i", "x", 128, 128)
+    with pytest.raises(InputError, match=r"160x128 image is larger than this checkpoint can express.*up to 128x128 px"):
+        build_prompt(t, "t2i", "x", 160, 128)
+    with pytest.raises(InputError, match=r"128x128 panel.*panels of up to 128 px wide and 64 px high"):
+        build_prompt(t, "pair_canny", "x", 128, 256)
+    build_prompt(t, "pair_canny", "x", 128, 128)  # 128x64 panels
 
 
 def test_condition_errors(released):
@@ -113,15 +165,6 @@ def test_condition_errors(released):
         build_prompt(released, "t2i", "x", 512, 512, condition_codes=torch.zeros(64, 64, dtype=torch.long))
     with pytest.raises(InputError, match="unknown task"):
         build_prompt(released, "inpaint", "x", 512, 512)
-
-
-def test_size_without_grid_token(tmp_path):
-    tok = tiny_tokenizer(16, max_grid_units=4)
-    save_tokenizer(str(tmp_path), tok)
-    t = TextTokenizer.from_pretrained(str(tmp_path))
-    build_prompt(t, "t2i", "x", 128, 128)
-    with pytest.raises(TokenizerError, match=r"no grid token <reserved08805> for 160 px"):
-        build_prompt(t, "t2i", "x", 160, 128)
 
 
 def test_sentencepiece_tokenizer_model_is_accepted(tmp_path):
