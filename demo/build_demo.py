@@ -36,9 +36,13 @@ DEMO_SAMPLING = {"task": "t2i", "width": 64, "height": 64, "cfg": 1.5, "top_k": 
                  "top_p": 1.0, "guidance_top_k": 0}
 
 
-def write_generation_config(folder: str, sampling: dict = DEMO_SAMPLING) -> None:
+# The tasks train_transformer trains; the sampler warns when asked for any other (lumina_core.trained_tasks).
+DEMO_TASKS = ["t2i", "pair_canny", "control_canny"]
+
+
+def write_generation_config(folder: str, sampling: dict = DEMO_SAMPLING, tasks: list[str] = DEMO_TASKS) -> None:
     with open(os.path.join(folder, GENERATION_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(sampling, f, indent=1)
+        json.dump({**sampling, "tasks": tasks}, f, indent=1)
 
 
 MODEL_CARD = """# Lumina-mGPT 2.0 shapes DEMO (not the real model)

@@ -155,6 +155,7 @@ def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], d
 
 def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operations=None, attention="sdpa"):
     from .tokenizer import TextTokenizer
+    from .trained_tasks import read_trained_tasks
 
     check_transformer_path(path)
     cfg = read_config(path)
@@ -189,4 +190,5 @@ def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operati
         model.tokenizer.check_model_vocab(cfg.vocab_size)
     else:
         log.warning("no tokenizer.json in %s; pass a TextTokenizer to generation explicitly", path)
+    model.trained_tasks = read_trained_tasks(path)  # for the warning on tasks it was not trained for
     return model
