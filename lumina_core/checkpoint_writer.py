@@ -77,8 +77,10 @@ def save_config(folder: str, config: LuminaConfig, vocabulary_map: dict | None =
         json.dump(d, f, indent=1)
 
 
-def save_weights(folder: str, state: dict[str, torch.Tensor], shards: int = 1, dtype=None) -> list[str]:
-    """Write model.safetensors, or `shards` files plus model.safetensors.index.json."""
+def save_weights(folder: str, state: dict[str, torch.Tensor], shards: int = 1, dtype=None,
+                 metadata: dict[str, str] | None = None) -> list[str]:
+    """Write model.safetensors, or `shards` files plus model.safetensors.index.json; `metadata` goes
+    into every shard's header (quant_io records the quantization there)."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
@@ -86,14 +88,15 @@ def save_weights(folder: str, state: dict[str, torch.Tensor], shards: int = 1, d
              for k, v in state.items()}
     if shards <= 1:
         path = os.path.join(folder, "model.safetensors")
-        save_file(state, path, metadata={"format": "pt"})
+        save_file(state, path, metadata={"format": "pt", **(metadata or {})})
         return [path]
     keys = sorted(state)
     groups = [keys[i::shards] for i in range(shards)]
     weight_map, paths, total = {}, [], 0
     for i, group in enumerate(groups):
         name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: state[k] for k in group}, os.path.join(folder, name), metadata={"format": "pt"})
+        save_file({k: state[k] for k in group}, os.path.join(folder, name),
+                  metadata={"format": "pt", **(metadata or {})})
         paths.append(os.path.join(folder, name))
         for k in group:
             weight_map[k] = name

@@ -28,9 +28,11 @@ class StepRunner:
         if bucket < 1:
             raise ValueError(f"bucket must be >= 1, got {bucket}")
         self.model, self.bucket = model, bucket
-        cuda = model.device.type == "cuda"
+        # a host-memory embedding table (placement.py) gathers on the CPU: not capturable in a CUDA graph
+        cuda = model.device.type == "cuda" and not getattr(model.model.embed_tokens, "on_host", False)
         if graphs and not cuda:
-            raise ValueError("CUDA graphs need the model on a CUDA device; use graphs=False (or None) elsewhere")
+            raise ValueError("CUDA graphs need the whole model on a CUDA device (embeddings included); "
+                             "use graphs=False (or None) elsewhere")
         self.use_graphs = cuda if graphs is None else graphs
         self.step = model.forward_step
         if compile:
@@ -56,7 +58,7 @@ class StepRunner:
             return self.step(tokens, cache, slots, kv, rows, last_only)
         # a graph holds the addresses of the cache and of the weights: recapture when either moves
         # (a new generation's cache; a host that offloads or reloads weights, e.g. ComfyUI low-VRAM)
-        cache_id = (tuple(t.data_ptr() for t in cache.k + cache.v) + (cache.starts.data_ptr(), tuple(cache.k[0].shape))
+        cache_id = (tuple(t.data_ptr() for t in cache.tensors()) + (cache.starts.data_ptr(), tuple(cache.k[0].shape))
                     + tuple(t.data_ptr() for t in self.model.parameters())
                     + tuple(t.data_ptr() for t in self.model.buffers()))
         if cache_id != self._cache_id:

@@ -149,7 +149,9 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_kv is not None:
+        if cache_kv is not None and not isinstance(cache_kv, tuple):  # a quantized cache layer (kv_cache.py)
+            k, v = cache_kv.update(k, v, slots, kv_len)
+        elif cache_kv is not None:
             k_buf, v_buf = cache_kv
             if slots.ndim == 1:
                 k_buf.index_copy_(2, slots, k.to(k_buf.dtype))
@@ -259,9 +261,12 @@ class LuminaMGPT(nn.Module):
     # ----------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, path: str, dtype=torch.bfloat16, device="cpu", operations=None,
-                        attention: str = "sdpa") -> "LuminaMGPT":
+                        attention: str = "sdpa", quantization: str = "none") -> "LuminaMGPT":
+        """quantization: "none", "int8" or "int4" (quantized while loading, one layer at a time); a folder
+        written by save_quantized loads in its recorded format ("none"/"auto" or that format)."""
         from .checkpoint import load_transformer
-        return load_transformer(cls, path, dtype=dtype, device=device, operations=operations, attention=attention)
+        return load_transformer(cls, path, dtype=dtype, device=device, operations=operations, attention=attention,
+                                quantization=quantization)
 
     def set_attention_backend(self, backend: str) -> None:
         if backend not in ATTENTION_BACKENDS:
@@ -287,7 +292,8 @@ class LuminaMGPT(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(input_ids).to(self.compute_dtype)
+        # the table may sit in host memory (placement.HostEmbedding): rows follow the ids' device
+        return self.model.embed_tokens(input_ids).to(device=input_ids.device, dtype=self.compute_dtype)
 
     def logits(self, hidden: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """float32 logits over the whole vocabulary, or over token ids [rows[0], rows[1])."""
@@ -327,7 +333,7 @@ class LuminaMGPT(nn.Module):
         x = self.embed(tokens)
         cos, sin = self.rotary(positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, (cache.k[i], cache.v[i]), slots, kv_len, mask)
+            x = layer(x, cos, sin, cache.layer(i), slots, kv_len, mask)
         if last_only:
             x = x[:, -1:]
         return self.logits(self.model.norm(x), rows)

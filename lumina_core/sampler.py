@@ -76,7 +76,7 @@ class Session:
             pair.length = b
         for group in range(len(streams)):
             first = group * B
-            for t in self.cache.k + self.cache.v:
+            for t in self.cache.tensors():
                 t[first + 1:first + B, :, :L] = t[first:first + 1, :, :L]
         self.cache.length = L
         return logits[:, -1].repeat_interleave(B, dim=0)
