@@ -113,15 +113,25 @@ def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: s
 
 
 def decode_images(image_tokenizer, codes: torch.Tensor, batch: int = 4,
-                  progress: Callable[[int, int], None] | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
+                  progress: Callable[[int, int], None] | None = None, cancel: CancelFn | None = None,
+                  panels: int = 1) -> torch.Tensor:
     """codes [B, h, w] -> IMAGE [B, H, W, 3] float32 in 0..1 (decoded in chunks of `batch`).
-    progress(images done, total) after each chunk; cancel() is asked before each (True -> GenerationCancelled)."""
+    progress(images done, total) after each chunk; cancel() is asked before each (True -> GenerationCancelled).
+
+    panels=2: a dual-panel canvas, decoded as its two panels (upper, lower), one after the other, then
+    stacked. The MoVQGAN decoder's group norms and attention see the whole code grid at once, so in one
+    pass the two unrelated panels share their statistics: a plain given panel (the white-on-black edge
+    map, a white background) takes on the other panel's colours. Each panel alone decodes as the image
+    it is, as when it was encoded."""
+    if codes.shape[-2] % panels:
+        raise InputError(f"{codes.shape[-2]} code rows do not split into {panels} panels")
     outs = []
     with torch.inference_mode():
         for i in range(0, codes.shape[0], batch):
             if cancel is not None and cancel():
                 raise GenerationCancelled(f"decoding stopped after {i} of {codes.shape[0]} images")
-            outs.append(signed_to_unit_bhwc(image_tokenizer.decode(codes[i:i + batch])).cpu())
+            parts = codes[i:i + batch].chunk(panels, dim=-2)
+            outs.append(torch.cat([signed_to_unit_bhwc(image_tokenizer.decode(p)).cpu() for p in parts], dim=1))
             if progress is not None:
                 progress(min(i + batch, codes.shape[0]), codes.shape[0])
     return torch.cat(outs, 0)

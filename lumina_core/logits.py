@@ -6,6 +6,7 @@ temperature -> top-p -> draw. All of it runs on image-code logits only; structur
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,6 +28,9 @@ class SamplingOptions:
     guidance_top_k: int = 0      # >0: guidance only re-ranks the conditional top-k (off = upstream behaviour)
 
     def validated(self) -> "SamplingOptions":
+        for name in ("cfg", "top_p", "temperature", "top_n_sigma"):  # NaN passes every comparison below
+            if not math.isfinite(getattr(self, name)):
+                raise InputError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.cfg_mode not in CFG_MODES:
             raise InputError(f"cfg_mode must be one of {CFG_MODES}, got {self.cfg_mode!r}")
         if self.cfg < 0:

@@ -55,10 +55,13 @@ class Decode(io.ComfyNode):
         if tokens.num_codes != vq.num_codes:
             raise InputError(f"these codes index a {tokens.num_codes}-code codebook but the image tokenizer has "
                              f"{vq.num_codes} codes: use the MoVQGAN that belongs to the model.")
-        codes = crop_codes(tokens.codes, panel_of(tokens, panel))
+        part = panel_of(tokens, panel)
+        codes = crop_codes(tokens.codes, part)
+        # a whole dual-panel canvas is decoded panel by panel (decode_images says why)
+        panels = 2 if part == "full" and tokens.task is not None and tokens.task.dual_panel else 1
         f = vq.downsample_factor
         memory.load_image_tokenizer(image_tokenizer, codes.shape[-2] * codes.shape[-1] * f * f, cls.DECODE_BATCH)
         pbar = comfy.utils.ProgressBar(codes.shape[0])
         images = decode_images(vq, codes, batch=cls.DECODE_BATCH, progress=lambda done, total: pbar.update_absolute(done),
-                               cancel=mm.throw_exception_if_processing_interrupted)  # raises on Cancel
+                               cancel=mm.throw_exception_if_processing_interrupted, panels=panels)  # raises on Cancel
         return io.NodeOutput(images.to(mm.intermediate_device()))

@@ -31,8 +31,9 @@ def send_event(event: str, data: dict) -> None:
 
 class SamplerProgress:
     def __init__(self, node_id: str | None, model, rows_per_image: int, codes_per_row: int, image_tokenizer=None,
-                 forwards=None, clock=time.monotonic):
+                 forwards=None, clock=time.monotonic, warning: str | None = None):
         self.node_id, self.model, self.image_tokenizer = node_id, model, image_tokenizer
+        self.warning = warning  # e.g. a task the checkpoint was not trained for; shown with the stats
         self.rows_per_image, self.codes_per_row = rows_per_image, codes_per_row
         self.forwards = forwards  # a CountingForward (SJD) for live tokens per forward, or None
         self.clock = clock
@@ -60,7 +61,9 @@ class SamplerProgress:
         return False
 
     def finish(self, tokens_per_forward: float) -> None:
-        self.send_stats(self.total, done=True, tokens_per_forward=tokens_per_forward)
+        # plain decoding makes one code per forward by definition: the figure only means something with SJD
+        live = tokens_per_forward if self.forwards is not None else None
+        self.send_stats(self.total, done=True, tokens_per_forward=live)
 
     # --- helpers
     def preview(self, codes):
@@ -71,7 +74,9 @@ class SamplerProgress:
             if self.model.preview_palette is None:
                 self.model.preview_palette = embedding_palette(self.model.engine)
             image = palette_preview(self.model.preview_palette, codes, self.rows_per_image)
-        return ("JPEG", image, args.preview_size)
+        # ComfyUI fits a preview into max_size, enlarging small ones, and the UI labels it with the enlarged
+        # size ("512 x 512" for a 64x64 image): never enlarge, so the label is the image's real size.
+        return ("JPEG", image, min(args.preview_size, max(image.size)))
 
     def send_stats(self, rows: int, done: bool, tokens_per_forward: float | None) -> None:
         elapsed = max(self.clock() - self.started, 1e-6)
@@ -79,5 +84,5 @@ class SamplerProgress:
         send_event(STATS_EVENT, {
             "node": self.node_id, "rows": rows, "total": self.total, "tokens_per_s": self.tokens / elapsed,
             "tokens_per_forward": tokens_per_forward, "elapsed_s": elapsed, "done": done,
-            "eta_s": 0.0 if done else (self.total - rows) / rate if rate > 0 else None,
+            "eta_s": 0.0 if done else (self.total - rows) / rate if rate > 0 else None, "warning": self.warning,
         })

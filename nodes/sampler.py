@@ -11,10 +11,11 @@ from ..lumina_core import FastPlain, InputError, SJDecoder, StepRunner, TASKS, c
 from ..lumina_core import best_of_n as run_best_of_n
 from ..lumina_core.generate import plan_request
 from ..lumina_core.sampler import DecodeStats
+from ..lumina_core.trained_tasks import task_warning
 from . import memory
 from .progress import SamplerProgress
 from .settings import sjd_decoder, step_function
-from .validation import choice_problem, first_problem, require, size_inputs, size_problem
+from .validation import choice_problem, first_problem, float_problems, require, size_inputs, size_problem
 from .types import (BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SamplingType, SJDType,
                     SpeedType, TokensType)
 
@@ -105,14 +106,19 @@ class Sampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, task: str, width: int, height: int) -> bool | str:
-        return first_problem(choice_problem("task", task, TASKS), size_problem(width, height))
+    def validate_inputs(cls, task: str, width: int, height: int, cfg: float, temperature: float) -> bool | str:
+        return first_problem(*cls.problems(task, width, height, cfg, temperature))
+
+    @classmethod
+    def problems(cls, task, width, height, cfg, temperature) -> list[str | None]:
+        return [choice_problem("task", task, TASKS), size_problem(width, height),
+                *float_problems(cls, cfg=cfg, temperature=temperature)]
 
     @classmethod
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
                 temperature: float, batch_size: int, condition=None, image_tokenizer=None, sjd=None,
                 best_of_n=None, speed=None, sampling=None) -> io.NodeOutput:
-        require(choice_problem("task", task, TASKS), size_problem(width, height))  # linked widgets
+        require(*cls.problems(task, width, height, cfg, temperature))  # linked widgets
         engine = model.engine
         spec = get_task(task)
         canvas_w, canvas_h = canvas_size(spec, width, height)
@@ -120,6 +126,9 @@ class Sampler(io.ComfyNode):
         check_best_of_n(best_of_n, batch_size, image_tokenizer)
         # Plan first: a prompt or size the model cannot take fails before anything is loaded.
         plan = plan_request(engine, prompt, canvas_w, canvas_h, spec, condition_codes=codes)
+        untrained = task_warning(engine, spec.name)
+        if untrained:
+            log.warning("Lumina-mGPT 2.0: %s", untrained)
         window = sjd["window"] if sjd is not None else 1
         # best-of-N with chunk_size 0 sizes its chunks to the memory left after loading; a fixed chunk size
         # generates that many candidates at once, so room is made for all of them
@@ -142,7 +151,7 @@ class Sampler(io.ComfyNode):
             decoder, forwards = (FastPlain(step) if isinstance(step, StepRunner) else None), None
         vq = image_tokenizer.engine if image_tokenizer is not None else None
         progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat,
-                                   image_tokenizer=vq, forwards=forwards)
+                                   image_tokenizer=vq, forwards=forwards, warning=untrained)
         common = dict(task=spec.name, cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes,
                       decoder=decoder, progress=progress.on_rows, cancel=progress.cancel, **(sampling or {}))
         num_codes = engine.tokenizer.special.num_image_codes

@@ -13,7 +13,7 @@ from ..lumina_core.fast import compile_layers
 from ..lumina_core.logits import CFG_MODES
 from ..lumina_core.sjd import INITS, MODES, SJDecoder
 from .types import ADVANCED, BestOfNType, SamplingType, SJDType, SpeedType
-from .validation import choice_problem, first_problem, require
+from .validation import choice_problem, first_problem, float_problems, require
 
 SCORERS = ("likelihood", "clip")
 NO_CLIP = "none"
@@ -94,12 +94,13 @@ class SamplingSettings(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg_mode: str) -> bool | str:
-        return first_problem(choice_problem("cfg_mode", cfg_mode, CFG_MODES))
+    def validate_inputs(cls, top_p: float, top_n_sigma: float, cfg_mode: str) -> bool | str:
+        return first_problem(*float_problems(cls, top_p=top_p, top_n_sigma=top_n_sigma),
+                             choice_problem("cfg_mode", cfg_mode, CFG_MODES))
 
     @classmethod
     def execute(cls, top_p: float, top_n_sigma: float, guidance_top_k: int, cfg_mode: str) -> io.NodeOutput:
-        require(cls.validate_inputs(cfg_mode))
+        require(cls.validate_inputs(top_p, top_n_sigma, cfg_mode))
         return io.NodeOutput({"top_p": top_p, "top_n_sigma": top_n_sigma, "guidance_top_k": guidance_top_k,
                               "cfg_mode": cfg_mode})
 

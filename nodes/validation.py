@@ -4,8 +4,15 @@ width/height widgets they check.
 ComfyUI 0.3.75 does not check V3 combo values against their options, so every node checks its own. A widget
 fed by a link (e.g. one Int node driving the width of the sampler and the condition encoder) reaches
 validate_inputs as None: its value only exists at run time, so the checks pass it here and nodes repeat
-them in execute with `require`."""
+them in execute with `require`.
+
+Float inputs: ComfyUI checks min/max only for inputs that validate_inputs does not take, and NaN passes
+any comparison (`nan < 0` and `nan > 20` are both False), so a NaN cfg would run and then sit in
+/history as bare NaN, which is not JSON. Every node therefore takes all its float inputs in
+validate_inputs and checks them with `float_problems`, which reads the bounds from the node's schema."""
 from __future__ import annotations
+
+import math
 
 from comfy_api.latest import io
 
@@ -55,3 +62,27 @@ def require(*problems: str | bool | None) -> None:
     problem = first_problem(*problems)
     if problem is not True:
         raise InputError(problem)
+
+
+def number_problem(name: str, value, low: float | None = None, high: float | None = None) -> str | None:
+    """Why `value` is not a usable number for input `name` (NaN, an infinity, outside [low, high]), or None."""
+    if value is None:  # linked: checked at run time
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, got {value!r}"
+    if math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high):
+        return None
+    span = (f" between {low} and {high}" if low is not None and high is not None else
+            f" of at least {low}" if low is not None else f" of at most {high}" if high is not None else "")
+    return f"{name} must be a finite number{span}, got {value}"
+
+
+def float_inputs(node: type[io.ComfyNode]) -> dict[str, tuple[float | None, float | None]]:
+    """The node's float inputs and their (min, max), from its schema."""
+    return {i.id: (i.min, i.max) for i in node.define_schema().inputs if isinstance(i, io.Float.Input)}
+
+
+def float_problems(node: type[io.ComfyNode], **values) -> list[str | None]:
+    """number_problem for each float input given by name, with the bounds the node's schema declares."""
+    bounds = float_inputs(node)
+    return [number_problem(name, value, *bounds[name]) for name, value in values.items()]

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from builders import tiny_movqgan
-from lumina_core import CheckpointError, MoVQGAN
+from lumina_core import CheckpointError, InputError, MoVQGAN, decode_images
 from lumina_core.movqgan import MoVQGANConfig, infer_config
 
 
@@ -136,3 +136,21 @@ def test_decode_images_reports_progress_and_stops_on_cancel():
     asked = []
     with pytest.raises(GenerationCancelled, match="after 2 of 5"):
         decode_images(vq, codes, batch=2, cancel=lambda: asked.append(1) or len(asked) > 1)
+
+
+def test_a_dual_panel_canvas_decodes_panel_by_panel():
+    """Decoded in one pass, the canvas's panels share the decoder's group-norm statistics and a white
+    given panel comes out pink next to a magenta one; panel by panel it stays what it is alone."""
+    from demo import DEMO_MOVQGAN
+    vq = MoVQGAN.from_file(DEMO_MOVQGAN)
+    white = torch.ones(1, 3, 64, 64)
+    other = torch.tensor([0.8, -1.0, 0.6]).view(1, 3, 1, 1).expand(1, 3, 64, 64).clone()
+    other[:, :, 16:48, 16:48] = torch.tensor([-1.0, 0.5, -1.0]).view(1, 3, 1, 1)
+    canvas = torch.cat([vq.encode(white), vq.encode(other)], dim=1)            # [1, 16, 8]: upper, lower
+    alone = torch.cat([decode_images(vq, canvas[:, :8]), decode_images(vq, canvas[:, 8:])], dim=1)
+    by_panel = decode_images(vq, canvas, panels=2)
+    assert by_panel.shape == (1, 128, 64, 3) and torch.equal(by_panel, alone)
+    assert by_panel[0, :64].mean(dim=(0, 1)).min() > 0.9                     # white stays white
+    assert (decode_images(vq, canvas)[0, :64] - alone[0, :64]).abs().max() > 0.1  # why: one pass tints it
+    with pytest.raises(InputError, match="do not split into 2 panels"):
+        decode_images(vq, canvas[:, :7], panels=2)
