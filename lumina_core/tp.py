@@ -69,10 +69,6 @@ def check_divisible(cfg, world: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------- what each rank holds
-def _shape(t) -> tuple[int, ...]:
-    return tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t.get_shape())
-
-
 def _rows(t, a: int, b: int) -> torch.Tensor:
     return t[a:b]
 
@@ -339,15 +335,17 @@ def _finish(model, plan: Plan, quantize: QuantizeFn | None) -> None:
     add_collectives_(model, plan)
 
 
-def shard_(model, shard: Shard | None = None, quantize: QuantizeFn | None = None):
-    """Shard an already loaded LuminaMGPT in place (every rank holding the whole model first: for tests and
-    small models; `load_sharded` never holds more than the rank's part). Returns the model."""
+def shard_(model, shard: Shard | None = None, quantize: QuantizeFn | None = None,
+           code_rows: tuple[int, int] | None = None):
+    """Shard an already loaded LuminaMGPT in place (every rank holding the whole model first: for tests,
+    benchmarks and small models; `load_sharded` never holds more than the rank's part). code_rows: the
+    image-code rows of the vocabulary (default: from the model's tokenizer). Returns the model."""
     shard = shard or Shard.current()
     cfg = model.config
     check_divisible(cfg, shard.world)
     if model.lm_head is None:
         raise CheckpointError("tensor parallelism needs an untied lm_head (Lumina-mGPT 2.0 has one)")
-    plan = Plan(cfg, shard, _code_rows(model))
+    plan = Plan(cfg, shard, code_rows or _code_rows(model))
     local = {n: plan.take(n, p.detach()).clone() for n, p in model.named_parameters()}
     device = model.device
     localize_(model, plan)

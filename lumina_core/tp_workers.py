@@ -236,6 +236,12 @@ class _Processes:
             self.listener.close()
             self.listener = None
         self.conns = []
+        for log in self.logs:  # the workers' output, read for the error message of one that died
+            try:
+                os.remove(log)
+            except OSError:
+                pass
+        self.logs = []
 
 
 def _log_tail(path: str, lines: int = 12) -> str:
@@ -333,7 +339,7 @@ class TPWorkers:
         except subprocess.TimeoutExpired:
             code = None
         how = ("killed by signal %d" % -code) if code is not None and code < 0 else f"exit code {code}"
-        tail = _log_tail(self._p.logs[rank])
+        tail = _log_tail(self._p.logs[rank]) if rank < len(self._p.logs) else ""
         self.close()
         return WorkerDied(f"Multi-GPU worker {rank} ({self.devices[rank]}) stopped unexpectedly {when} ({how}). All "
                           f"workers were stopped and their memory freed; run the Multi-GPU Loader again."
