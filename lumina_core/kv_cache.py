@@ -16,6 +16,8 @@ shared by all layers (one layer's worth of compute-dtype K and V), never the who
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 KV_FORMATS = ("bf16", "int8")
@@ -29,6 +31,22 @@ def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     zero = lo + 128.0 * scale
     q = torch.round((x - zero[..., None]) / scale[..., None]).clamp_(-128, 127).to(torch.int8)
     return q, torch.stack((scale, zero), -1)
+
+
+@contextmanager
+def kv_cache_format(model, fmt: str | None):
+    """Generations inside use a `fmt` ("bf16"/"int8") cache (None: leave the model's choice), e.g.
+    `with kv_cache_format(model, "int8"): generate(model, ...)`. The choice lives on the model as
+    `kv_cache_format`, which every sampler's KVCache.for_model reads."""
+    if fmt is not None and fmt not in KV_FORMATS:
+        raise ValueError(f"KV cache format must be one of {KV_FORMATS}, got {fmt!r}")
+    before = getattr(model, "kv_cache_format", None)
+    if fmt is not None:
+        model.kv_cache_format = fmt
+    try:
+        yield
+    finally:
+        model.kv_cache_format = before
 
 
 class KVCache:

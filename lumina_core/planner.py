@@ -32,6 +32,7 @@ GiB = 1 << 30
 DEFAULT_PROMPT_TOKENS = 256   # the t2i template plus a long prompt; real prompts are ~60-200 tokens
 DEFAULT_WORKSPACE = 256 << 20
 DEFAULT_IMAGE_CODES = 16384
+DEFAULT_HEADROOM = 0.05       # of the free bytes, left for allocator fragmentation and rounding
 PLAN_ORDER = [(w, kv, emb) for w in ("none", "int8", "int4") for kv in ("bf16", "int8") for emb in ("device", "host")]
 PARTS = ("weights", "head", "embeddings", "kv", "activations")
 
@@ -161,22 +162,26 @@ def best_plan(cfg, request: Request, free_bytes: int, weights=None, kv_cache=Non
 def plan_memory(cfg, width: int = 768, height: int = 768, free_bytes: int = 24 * GiB, *, batch: int = 1,
                 guidance: bool = True, window: int = 1, weights: str | None = None, kv_cache: str | None = None,
                 embeddings: str | None = None, dtype=torch.bfloat16, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
-                num_image_codes: int = DEFAULT_IMAGE_CODES, workspace: int = DEFAULT_WORKSPACE) -> Plan:
-    """The plan with the least quality loss that fits in `free_bytes`, or InputError naming what fits.
+                num_image_codes: int = DEFAULT_IMAGE_CODES, workspace: int = DEFAULT_WORKSPACE,
+                headroom: float = DEFAULT_HEADROOM) -> Plan:
+    """The plan with the least quality loss that fits in `free_bytes` less `headroom` (a fraction kept
+    for fragmentation), or InputError naming what fits.
 
     weights / kv_cache / embeddings: None or "auto" to let the planner choose, or a fixed choice
     ("none"/"int8"/"int4", "bf16"/"int8", "device"/"host") that the plan must keep."""
     request = Request(width, height, batch, guidance, window, prompt_tokens)
     kw = dict(dtype=dtype, num_image_codes=num_image_codes, workspace=workspace)
+    reported_free = free_bytes
+    free_bytes = int(free_bytes * (1 - headroom))
     plan = best_plan(cfg, request, free_bytes, weights, kv_cache, embeddings, **kw)
     if plan is not None:
-        return plan
+        return Plan(plan.weights, plan.kv_cache, plan.embeddings, plan.parts, plan.host_bytes, reported_free)
     candidates = _candidates(weights, kv_cache, embeddings)
     if not candidates:
         raise InputError(f"no plan has weights={weights!r}, kv_cache={kv_cache!r}, embeddings={embeddings!r}")
     smallest = estimate(cfg, request, *candidates[-1], **kw)
     asked = (f"{request.describe()}: {'even ' if len(candidates) == len(PLAN_ORDER) else ''}{smallest.describe()} "
-             f"need {smallest.total / GiB:.1f} GB but {free_bytes / GiB:.1f} GB are free")
+             f"need {smallest.total / GiB:.1f} GB but {reported_free / GiB:.1f} GB are free")
     anything = best_plan(cfg, request, free_bytes, **kw)
     if anything is not None:  # the fixed choices are what does not fit
         raise InputError(f"{asked}; at {width}x{height} this card needs {anything.describe()} "
