@@ -158,8 +158,14 @@ class _Worker:
     def chunk_size(self, req: dict) -> dict:
         """Best-of-N candidates per batch that fit on every rank's device (the smallest)."""
         import torch.distributed as dist
-        from .best_of_n import chunk_size_for
-        size = chunk_size_for(self.model, req["max_len"], req["use_cfg"], req["window"], req["n"])
+        from .best_of_n import RESERVE_BYTES, bytes_per_image, free_bytes
+        from .kv_cache import KVCache
+        model, cfg = self.model, self.model.config
+        per_image = bytes_per_image(model, req["max_len"], req["use_cfg"], req["window"])
+        # best_of_n sizes the KV cache from the config (every head); this rank caches only its own
+        full_kv = KVCache.estimate_bytes(cfg, 2 if req["use_cfg"] else 1, req["max_len"], model.compute_dtype)
+        per_image -= full_kv - full_kv * model.local_kv_heads // cfg.num_key_value_heads
+        size = max(1, min(req["n"], (free_bytes(self.device) - RESERVE_BYTES) // per_image))
         t = torch.tensor([size], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return {"chunk_size": int(t.item())}

@@ -70,6 +70,8 @@ def test_group_decodes_like_the_single_process_model(group, reference):
     bon = group.best_of_n("a red circle", 32, 32, n=3, seed=2, chunk_size=2, **KW)
     ref = best_of_n(reference, "a red circle", 32, 32, n=3, seed=2, chunk_size=2, **KW)
     assert torch.equal(bon.codes, ref.codes) and bon.best_index == ref.best_index
+    auto = group.best_of_n("a red circle", 32, 32, n=3, seed=2, **KW)  # chunk size from every rank's free memory
+    assert torch.equal(auto.codes, ref.codes) and auto.chunk_size == 3
     assert group.palette.shape == (64, 3)  # for the sampler's colour previews
 
 
