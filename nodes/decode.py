@@ -39,7 +39,8 @@ class Decode(io.ComfyNode):
                 io.Combo.Input("panel", options=list(PANELS), default="output",
                                tooltip="output: the task's result (the image for pair_* tasks, the lower panel for "
                                        "control/dense/subject/edit). other panel: the rest (the map, or the "
-                                       "condition as the model saw it). full canvas: both panels."),
+                                       "condition as the model saw it). full canvas: both panels, each decoded on its "
+                                       "own."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="IMAGE [batch, height, width, 3], values 0..1.")],
         )

@@ -36,6 +36,10 @@ DEVICE_ARGS=()
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || DEVICE_ARGS=(--cpu)
 
 echo "[demo] starting ComfyUI on http://127.0.0.1:$PORT (log: $STATE/server.log)"
+# The frontend opens a template given in the URL (?template=&source=), so this address shows our example
+# instead of ComfyUI's default SD1.5 graph; the other examples are under Browse Templates.
+EXAMPLE_URL="http://127.0.0.1:$PORT/?template=lumina_mgpt2_t2i&source=ComfyUI-Lumina-mGPT2"
+echo "[demo] examples: Workflow > Browse Templates > ComfyUI-Lumina-mGPT2, or open $EXAMPLE_URL"
 (cd "$COMFY" && exec "$PY" main.py "${DEVICE_ARGS[@]}" --listen 127.0.0.1 --port "$PORT" --disable-auto-launch \
     --base-directory "$STATE" --database-url "sqlite:///$STATE/comfyui.db" > "$STATE/server.log" 2>&1) &
 SERVER=$!
@@ -56,5 +60,6 @@ for png in $PNGS; do echo "[demo] PNG: $png"; done
 if [ "$EXIT_AFTER_IMAGE" = 1 ]; then
   exit 0
 fi
-echo "[demo] UI: http://127.0.0.1:$PORT  (Workflow > Browse Templates > ComfyUI-Lumina-mGPT2 for the examples; Ctrl-C stops)"
+echo "[demo] UI on the text-to-image example: $EXAMPLE_URL"
+echo "[demo] more examples: Workflow > Browse Templates > ComfyUI-Lumina-mGPT2 (Ctrl-C stops)"
 wait "$SERVER"

@@ -220,3 +220,27 @@ def test_ui_run_shows_statistics_and_equals_the_api_twin(page, comfy):
     if UPDATE_DOCS:
         page.screenshot(path=os.path.join(ROOT, "docs", "canvas.png"))
     assert not [e for e in page.errors if "lumina" in e.lower()], page.errors
+
+
+def test_the_template_address_run_demo_prints_opens_our_example(page, comfy):
+    """scripts/run_demo.sh prints /?template=lumina_mgpt2_t2i&source=ComfyUI-Lumina-mGPT2: the first visit
+    then shows our text-to-image example, not ComfyUI's default SD1.5 graph."""
+    fresh = page.context.new_page()
+    try:
+        fresh.goto(comfy.base + "/?template=lumina_mgpt2_t2i&source=ComfyUI-Lumina-mGPT2", wait_until="networkidle",
+                   timeout=120000)
+        fresh.wait_for_function("window.app?.graph?._nodes?.some(n => n.type === 'LuminaMGPT2Sampler')", timeout=60000)
+        shown = sorted(fresh.evaluate("window.app.graph._nodes.map(n => n.type)"))
+        assert shown == sorted(n["type"] for n in load_example("lumina_mgpt2_t2i.json")["nodes"])
+    finally:
+        fresh.close()
+
+
+def test_stats_line_shows_tokens_per_forward_only_with_sjd_and_the_warning(page):
+    plain = {"rows": 8, "total": 8, "tokens_per_s": 100.0, "tokens_per_forward": None, "elapsed_s": 0.5,
+             "done": True, "eta_s": 0.0, "warning": None}
+    assert page.evaluate("(s) => window.LuminaMGPT2.statsLines(s)", plain) == ["rows 8/8 | 100.0 tok/s | done in 0.5 s"]
+    sjd = {**plain, "tokens_per_forward": 2.5, "warning": "task 'pair_depth' is not one this checkpoint was trained for"}
+    assert page.evaluate("(s) => window.LuminaMGPT2.statsLines(s)", sjd) == [
+        "warning: task 'pair_depth' is not one this checkpoint was trained for",
+        "rows 8/8 | 100.0 tok/s | 2.50 tok/forward | done in 0.5 s"]

@@ -94,6 +94,11 @@ def test_set_up_and_run_command(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     pngs = re.findall(r"^\[demo\] PNG: (.+)$", done.stdout, re.M)
     assert pngs and all(Image.open(p).size == (64, 64) for p in pngs), done.stdout
+    # where the examples are, said when the server starts (not only once the image is done), with the address
+    # that opens the UI on our example instead of ComfyUI's default graph (tests/test_browser.py opens it)
+    examples = done.stdout.index("[demo] examples: Workflow > Browse Templates > ComfyUI-Lumina-mGPT2")
+    assert examples < done.stdout.index("[demo] PNG: ")
+    assert "/?template=lumina_mgpt2_t2i&source=ComfyUI-Lumina-mGPT2" in done.stdout[examples:].splitlines()[0]
     port_line = re.search(r"http://127\.0\.0\.1:(\d+)", done.stdout)
     assert port_line  # and the server it started is gone again
     with pytest.raises(OSError):

@@ -1,6 +1,7 @@
 // Lumina-mGPT 2.0 UI helpers. Nothing here is needed to run a workflow (API mode never loads it).
-//  - live statistics on the sampler while it runs (rows, tokens/s, tokens per forward, ETA), from the
-//    "lumina_mgpt2.stats" websocket event the sampler sends;
+//  - live statistics on the sampler while it runs (rows, tokens/s, tokens per forward with SJD, ETA), from
+//    the "lumina_mgpt2.stats" websocket event the sampler sends, and its warning (e.g. a task the checkpoint
+//    was not trained for);
 //  - a size helper on the sampler and the condition encoder: width/height snap to the 32-px grid and the
 //    node shows the canvas and its token count.
 import { app } from "../../scripts/app.js";
@@ -38,6 +39,7 @@ function seconds(s) {
 
 export function statsText(s) {
   const parts = [`rows ${s.rows}/${s.total}`, `${s.tokens_per_s.toFixed(1)} tok/s`];
+  // only SJD sends it: plain decoding makes one code per forward by definition
   if (s.tokens_per_forward != null) parts.push(`${s.tokens_per_forward.toFixed(2)} tok/forward`);
   parts.push(s.done ? `done in ${seconds(s.elapsed_s)}` : `ETA ${seconds(s.eta_s)}`);
   return parts.join(" | ");
@@ -52,8 +54,13 @@ function infoLines(node) {
   const width = widgetValue(node, "width"), height = widgetValue(node, "height");
   if (width && height) lines.push(sizeText(width, height, widgetValue(node, "task")));
   const stats = registry.stats[String(node.id)];
-  if (stats) lines.push(statsText(stats));
+  if (stats) lines.push(...statsLines(stats));
   return lines;
+}
+
+// The statistics line, and the sampler's warning above the node when there is one.
+export function statsLines(s) {
+  return s.warning ? [`warning: ${s.warning}`, statsText(s)] : [statsText(s)];
 }
 
 function snapSizeWidgets(node) {
@@ -74,7 +81,7 @@ function localId(id) {
   return String(id).split(":").pop();
 }
 
-Object.assign(registry, { snap, sizeText, statsText, localId });
+Object.assign(registry, { snap, sizeText, statsText, statsLines, localId });
 
 app.registerExtension({
   name: "lumina_mgpt2.ui",
@@ -114,9 +121,11 @@ app.registerExtension({
       const top = -(globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30) - 6;
       ctx.save();
       ctx.font = "12px sans-serif";
-      ctx.fillStyle = "#9ad";
       ctx.textAlign = "left";
-      lines.forEach((text, i) => ctx.fillText(text, 4, top - (lines.length - 1 - i) * LINE));
+      lines.forEach((text, i) => {
+        ctx.fillStyle = text.startsWith("warning:") ? "#fa4" : "#9ad";
+        ctx.fillText(text, 4, top - (lines.length - 1 - i) * LINE);
+      });
       ctx.restore();
     };
   },
