@@ -112,6 +112,20 @@ class _Worker:
         if self.model.tokenizer is None:
             raise InputError(f"{header['path']} has no tokenizer.json")
         self.closing = False
+        self._runner, self._runner_key = None, None
+
+    def step_function(self, speed: dict | None):
+        """A StepRunner for the Speed Settings (CUDA graphs / compiled layers only on CUDA; on the CPU the same
+        bucketed step runs eagerly), kept between requests; None without settings."""
+        if not speed:
+            return None
+        from .fast import StepRunner, compile_layers
+        cuda = self.device.type == "cuda"
+        key = (int(speed["bucket"]), bool(speed["cuda_graphs"]) and cuda, bool(speed["compile_layers"]) and cuda)
+        if key != self._runner_key:
+            compile_layers(self.model, enable=key[2])
+            self._runner, self._runner_key = StepRunner(self.model, bucket=key[0], graphs=key[1]), key
+        return self._runner
 
     def info(self) -> dict:
         from . import tp
@@ -141,10 +155,15 @@ class _Worker:
 
     # --- requests
     def generate(self, req: dict) -> dict:
+        from .fast import FastPlain
         from .generate import generate
         from .logits import SamplingOptions
         from .sjd import SJDecoder
-        decoder = SJDecoder(**req["sjd"]) if req.get("sjd") else None
+        step = self.step_function(req.get("speed"))
+        if req.get("sjd"):
+            decoder = SJDecoder(**req["sjd"], forward=step)
+        else:
+            decoder = FastPlain(step) if step is not None else None
         res = generate(self.model, req["prompt"], req["width"], req["height"], task=req["task"], seeds=req["seeds"],
                        sampling=SamplingOptions(**req["sampling"]), condition_codes=req.get("condition_codes"),
                        subject_description=req.get("subject_description"), decoder=decoder,
@@ -153,6 +172,8 @@ class _Worker:
         stats = {"forwards": st.forwards, "image_tokens": st.image_tokens, "prefill_tokens": st.prefill_tokens,
                  "seconds": st.seconds, "logprob": None if st.logprob is None else st.logprob.cpu(),
                  "extra": dict(st.extra)}
+        if step is not None:  # which step function ran, for the log and tests
+            stats["extra"]["step"] = f"StepRunner(bucket={step.bucket}, graphs={step.use_graphs})"
         return {"codes": res.codes, "stats": stats} if self.rank == 0 else {}
 
     def chunk_size(self, req: dict) -> dict:
@@ -420,14 +441,18 @@ class TPWorkers:
                  batch_size: int = 1, seeds: list[int] | None = None, cfg: float = 4.0, top_k: int = 4096,
                  temperature: float = 1.0, top_p: float = 1.0, top_n_sigma: float = 0.0, cfg_mode: str = "plain",
                  guidance_top_k: int = 0, sampling=None, condition_codes=None, subject_description=None,
-                 decoder=None, progress=None, cancel=None, **unsupported):
-        """lumina_core.generate on the workers; returns a GenerationResult."""
+                 decoder=None, speed: dict | None = None, progress=None, cancel=None, condition_image=None,
+                 image_tokenizer=None):
+        """lumina_core.generate on the workers; returns a GenerationResult. speed: the Speed Settings
+        (cuda_graphs, compile_layers, bucket), applied by every worker to its own shard."""
         from . import rng
-        from .generate import GenerationResult, plan_request
+        from .generate import GenerationResult, encode_condition, plan_request
         from .logits import SamplingOptions
         from .sampler import DecodeStats
-        if unsupported.get("condition_image") is not None:
-            raise InputError("encode the condition image first and pass condition_codes to a Multi-GPU model")
+        if condition_image is not None:  # encoded here: the workers hold only the transformer
+            if condition_codes is not None:
+                raise InputError("pass either condition_image or condition_codes, not both")
+            condition_codes = encode_condition(image_tokenizer, condition_image, width, height // 2)
         opts = (sampling or SamplingOptions(cfg=cfg, top_k=top_k, temperature=temperature, top_p=top_p,
                                             top_n_sigma=top_n_sigma, cfg_mode=cfg_mode,
                                             guidance_top_k=guidance_top_k)).validated()
@@ -439,7 +464,7 @@ class TPWorkers:
                             subject_description=subject_description)  # bad requests fail here, not in the workers
         req = {"prompt": prompt, "width": width, "height": height, "task": plan.task.name, "seeds": list(seeds),
                "sampling": asdict(opts), "condition_codes": condition_codes,
-               "subject_description": subject_description, "sjd": _sjd_settings(decoder)}
+               "subject_description": subject_description, "sjd": _sjd_settings(decoder), "speed": speed}
         out = self._request("generate", req, progress, cancel)
         stats = DecodeStats(**out["stats"])
         return GenerationResult(codes=out["codes"], layout=plan.layout, task=plan.task, seeds=list(seeds),
@@ -447,17 +472,21 @@ class TPWorkers:
 
     def best_of_n(self, prompt: str, width: int = 768, height: int = 768, *, n: int = 4, seed: int = 0,
                   scorer=None, chunk_size: int | None = None, image_tokenizer=None, decoder=None, task="t2i",
-                  condition_codes=None, progress=None, cancel=None, **generate_kwargs):
+                  condition_codes=None, condition_image=None, progress=None, cancel=None, **generate_kwargs):
         """lumina_core.best_of_n with candidates generated on the workers and scored here."""
         from . import rng
         from .best_of_n import BestOfNResult
-        from .generate import decode_images, plan_request
+        from .generate import decode_images, encode_condition, plan_request
         from .scorers import LikelihoodScorer
         if n < 1:
             raise InputError(f"best-of-N needs n >= 1 candidates, got {n}")
         scorer = scorer or LikelihoodScorer()
         if scorer.needs_images and image_tokenizer is None:
             raise InputError(f"the {scorer.name} scorer looks at images: pass image_tokenizer (the MoVQGAN)")
+        if condition_image is not None:  # encode once, not once per chunk
+            if condition_codes is not None:
+                raise InputError("pass either condition_image or condition_codes, not both")
+            condition_codes = encode_condition(image_tokenizer, condition_image, width, height // 2)
         plan = plan_request(self, prompt, width, height, task, condition_codes=condition_codes,
                             subject_description=generate_kwargs.get("subject_description"))
         sampling = generate_kwargs.get("sampling")

@@ -142,7 +142,7 @@ class Sampler(io.ComfyNode):
         else:
             if extra:
                 mm.load_models_gpu(extra)
-            step, note = None, ("speed settings do not apply to a Multi-GPU model" if speed is not None else None)
+            step, note = None, None  # the workers apply the speed settings to their own shards
         if note:
             log.info("Lumina-mGPT 2.0: %s", note)
         if sjd is not None:
@@ -156,12 +156,12 @@ class Sampler(io.ComfyNode):
                       decoder=decoder, progress=progress.on_rows, cancel=progress.cancel, **(sampling or {}))
         num_codes = engine.tokenizer.special.num_image_codes
         if best_of_n is None:
-            run = workers.generate if workers is not None else partial(generate, engine)
+            run = partial(workers.generate, speed=speed) if workers is not None else partial(generate, engine)
             result = run(prompt, canvas_w, canvas_h, seed=seed, batch_size=batch_size, **common)
             tokens = LuminaTokens(codes=result.codes, layout=result.layout, num_codes=num_codes, task=result.task,
                                   seeds=tuple(result.seeds), stats=result.stats)
         else:
-            run = workers.best_of_n if workers is not None else partial(run_best_of_n, engine)
+            run = partial(workers.best_of_n, speed=speed) if workers is not None else partial(run_best_of_n, engine)
             result = run(prompt, canvas_w, canvas_h, n=best_of_n["n"], seed=seed,
                                    scorer=best_of_n["scorer"], chunk_size=best_of_n["chunk_size"],
                                    image_tokenizer=vq, **common)

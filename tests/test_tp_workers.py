@@ -75,6 +75,19 @@ def test_group_decodes_like_the_single_process_model(group, reference):
     assert group.palette.shape == (64, 3)  # for the sampler's colour previews
 
 
+def test_speed_settings_run_each_workers_bucketed_step(group, reference):
+    """The Speed Settings reach the workers: a StepRunner per rank (CUDA graphs only on CUDA; here the same
+    bucketed step eagerly), exact for plain and SJD decoding."""
+    speed = {"cuda_graphs": True, "compile_layers": False, "bucket": 16}
+    want = generate(reference, "a red circle", 32, 32, seed=4, batch_size=2, **KW)
+    got = group.generate("a red circle", 32, 32, seed=4, batch_size=2, speed=speed, **KW)
+    assert torch.equal(got.codes, want.codes)
+    assert got.stats.extra["step"] == "StepRunner(bucket=16, graphs=False)"
+    sjd = SJDecoder(window=6)
+    assert torch.equal(group.generate("a red circle", 32, 32, seed=9, decoder=sjd, speed=speed, **KW).codes,
+                       generate(reference, "a red circle", 32, 32, seed=9, decoder=sjd, **KW).codes)
+
+
 def test_bad_requests_fail_in_the_parent_with_the_engines_error(group):
     with pytest.raises(InputError, match="multiple of"):
         group.generate("a red circle", 33, 32)
