@@ -126,11 +126,17 @@ def test_a_host_interrupt_is_raised_after_the_workers_stopped(group):
     assert group.generate("a red circle", 32, 32, seed=1, **KW).codes.shape == (1, 4, 4)
 
 
-def test_a_killed_worker_gives_a_clear_error_and_stops_the_others(group):
+def test_a_worker_killed_mid_generation_gives_a_clear_error_and_stops_the_others(group):
+    """Rank 1 dies after the first row while rank 0 waits for it in a collective."""
     pids = list(group.pids)
-    os.kill(pids[1], signal.SIGKILL)
-    with pytest.raises(WorkerDied, match=r"worker 1 \(cpu\) stopped unexpectedly .*killed by signal 9.*Loader again"):
-        group.generate("a red circle", 32, 32, seed=1, **KW)
+
+    def kill_rank1(rows, total, codes):
+        if rows == 1:
+            os.kill(pids[1], signal.SIGKILL)
+
+    with pytest.raises(WorkerDied, match=r"worker 1 \(cpu\) stopped unexpectedly while working \(killed by signal 9\)"
+                                         r".*Loader again"):
+        group.generate("a red circle", 64, 64, seed=1, progress=kill_rank1, **KW)
     assert wait_gone(pids), "a worker outlived its group"
     with pytest.raises(WorkerDied, match="closed"):
         group.generate("a red circle", 32, 32, seed=1, **KW)
