@@ -24,7 +24,7 @@ RUNS = {
 }
 
 
-def outputs(model, int8=False):
+def outputs(model, logits_only=False):
     """Everything compared between the single-process model and every rank."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=g)
@@ -36,7 +36,7 @@ def outputs(model, int8=False):
         cache = KVCache.for_model(model, 2, 16)
         out["code_logits"] = model.forward_step(ids[:, :9], cache, cache.slots(9), kv_len=9, rows=rows)
         out["cache_heads"] = cache.k[0].shape[1]
-    if int8:
+    if logits_only:
         return out
     for name, kw in RUNS.items():
         out[name] = generate(model, PROMPT, 32, 32, **kw).codes
@@ -45,21 +45,21 @@ def outputs(model, int8=False):
     return out
 
 
-def _rank_main(rank, world, port, folder, results, int8):
+def _rank_main(rank, world, port, folder, results, quantization):
     torch.set_num_threads(1)
     shard = tp.init_group(rank, world, port)
     try:
-        quantize = tp.quantizer("int8", torch.float32, shard) if int8 else None
+        quantize = tp.quantizer(quantization, torch.float32, shard)
         model = tp.load_sharded(LuminaMGPT, folder, shard, dtype=torch.float32, quantize=quantize)
-        out = outputs(model, int8)
+        out = outputs(model, logits_only=quantization is not None)
         out["resident"] = tp.resident_weight_bytes(model)
         torch.save(out, os.path.join(results, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def run_ranks(world, folder, results, int8=False):
-    mp.spawn(_rank_main, args=(world, tp.free_port(), folder, results, int8), nprocs=world, join=True)
+def run_ranks(world, folder, results, quantization=None):
+    mp.spawn(_rank_main, args=(world, tp.free_port(), folder, results, quantization), nprocs=world, join=True)
     return [torch.load(os.path.join(results, f"rank{r}.pt")) for r in range(world)]
 
 
@@ -106,10 +106,28 @@ def test_int8_shards_quantize_exactly_per_channel(tmp_path, checkpoint):
     from lumina_core import quantize_int8_
     ref = LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
     quantize_int8_(ref, backend="native", kernel="dequant", dtype=torch.float32)
-    want = outputs(ref, int8=True)
-    ranks = run_ranks(2, checkpoint, str(tmp_path), int8=True)
+    want = outputs(ref, logits_only=True)
+    ranks = run_ranks(2, checkpoint, str(tmp_path), "int8")
     for out in ranks:
         torch.testing.assert_close(out["code_logits"], want["code_logits"], rtol=0, atol=1e-4)
+
+
+def test_int4_shards_equal_the_unsplit_model_at_the_shards_group_size(tmp_path, checkpoint):
+    """int4 is group-wise along the input features: a column-parallel shard keeps whole rows and a
+    row-parallel shard whole groups, so each rank holds the unsplit model's int4 layers (at the group size
+    that divides the shard's input features; the real model keeps 128 over 2 ranks)."""
+    from lumina_core.quant import Int4Linear, int4_group_size
+    ref = LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
+    for parent in list(ref.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                local_in = child.in_features // 2 if name in tp.ROW_PARALLEL else child.in_features
+                setattr(parent, name, Int4Linear.from_linear(child, group_size=int4_group_size(local_in),
+                                                             dtype=torch.float32))
+    want = outputs(ref, logits_only=True)
+    for out in run_ranks(2, checkpoint, str(tmp_path), "int4"):
+        torch.testing.assert_close(out["code_logits"], want["code_logits"], rtol=0, atol=1e-4)
+    assert int4_group_size(11008 // 2) == 128 and int4_group_size(4096 // 2) == 128
 
 
 def test_shard_plan_slices_head_rows_and_norm_groups():
