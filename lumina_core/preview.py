@@ -24,9 +24,12 @@ def _on_canvas(rows_image: torch.Tensor, total_height: int) -> Image.Image:
 
 
 @torch.no_grad()
-def decoded_preview(image_tokenizer, codes: torch.Tensor, total_rows: int) -> Image.Image:
-    """codes [rows_done, w] of one image -> its decoded rows on a full-size canvas."""
-    pixels = signed_to_unit_bhwc(image_tokenizer.decode(codes[None]))[0].cpu()
+def decoded_preview(image_tokenizer, codes: torch.Tensor, total_rows: int, panel_rows: int | None = None) -> Image.Image:
+    """codes [rows_done, w] of one image -> its decoded rows on a full-size canvas. panel_rows: rows per panel
+    of a dual-panel canvas, decoded panel by panel as the Decode node does (generate.decode_images says why)."""
+    step = panel_rows or codes.shape[0]
+    pixels = torch.cat([signed_to_unit_bhwc(image_tokenizer.decode(codes[i:i + step][None]))[0].cpu()
+                        for i in range(0, codes.shape[0], step)], dim=0)
     return _on_canvas(pixels, total_rows * image_tokenizer.downsample_factor)
 
 

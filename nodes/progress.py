@@ -31,9 +31,10 @@ def send_event(event: str, data: dict) -> None:
 
 class SamplerProgress:
     def __init__(self, node_id: str | None, model, rows_per_image: int, codes_per_row: int, image_tokenizer=None,
-                 forwards=None, clock=time.monotonic, warning: str | None = None):
+                 forwards=None, clock=time.monotonic, warning: str | None = None, panel_rows: int | None = None):
         self.node_id, self.model, self.image_tokenizer = node_id, model, image_tokenizer
         self.warning = warning  # e.g. a task the checkpoint was not trained for; shown with the stats
+        self.panel_rows = panel_rows  # dual-panel tasks: previews decode panel by panel, as Decode does
         self.rows_per_image, self.codes_per_row = rows_per_image, codes_per_row
         self.forwards = forwards  # a CountingForward (SJD) for live tokens per forward, or None
         self.clock = clock
@@ -69,7 +70,7 @@ class SamplerProgress:
     def preview(self, codes):
         """The first image of the current batch, rows done so far, on its full-size canvas."""
         if self.image_tokenizer is not None:
-            image = decoded_preview(self.image_tokenizer, codes, self.rows_per_image)
+            image = decoded_preview(self.image_tokenizer, codes, self.rows_per_image, self.panel_rows)
         else:
             if self.model.preview_palette is None:
                 self.model.preview_palette = embedding_palette(self.model.engine)

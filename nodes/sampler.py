@@ -151,7 +151,8 @@ class Sampler(io.ComfyNode):
             decoder, forwards = (FastPlain(step) if isinstance(step, StepRunner) else None), None
         vq = image_tokenizer.engine if image_tokenizer is not None else None
         progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat,
-                                   image_tokenizer=vq, forwards=forwards, warning=untrained)
+                                   image_tokenizer=vq, forwards=forwards, warning=untrained,
+                                   panel_rows=plan.layout.h_lat // 2 if spec.dual_panel else None)
         common = dict(task=spec.name, cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes,
                       decoder=decoder, progress=progress.on_rows, cancel=progress.cancel, **(sampling or {}))
         num_codes = engine.tokenizer.special.num_image_codes

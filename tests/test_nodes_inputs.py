@@ -136,3 +136,17 @@ def test_full_canvas_of_a_dual_panel_task_is_decoded_panel_by_panel(nodes, model
     full, image, edges = (decode(tokens, vq, p).args[0] for p in ("full canvas", "output", "other panel"))
     assert full.shape == (1, 128, 64, 3)
     assert torch.equal(full, torch.cat([image, edges], dim=1))  # pair_*: the image is the upper panel
+
+
+def test_dual_panel_previews_decode_panel_by_panel_too(nodes, model, vq, monkeypatch):
+    """The last preview of a pair_* run is the decoded canvas, panel by panel, as Decode shows it."""
+    import comfy.utils
+    import numpy as np
+    previews = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
+                        lambda value, total, preview, node_id=None: previews.append(preview))
+    tokens = sample(nodes, model, task="pair_canny", seed=4, image_tokenizer=vq)
+    last = np.asarray([p for p in previews if p is not None][-1][1], dtype=np.int16)
+    full = nodes.decode.Decode.execute(tokens, vq, "full canvas").args[0][0]
+    assert last.shape == (128, 64, 3)
+    assert np.abs(last - (full.numpy() * 255).round()).max() <= 1
