@@ -97,19 +97,33 @@ def check_transformer_path(path: str) -> None:
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
-    if attr in module._parameters:
-        module._parameters[attr] = nn.Parameter(value, requires_grad=False)
-    else:
+    if attr in module._buffers:
         module._buffers[attr] = value
+    else:
+        # setattr, not _parameters[...]: a host's layer may hold no weight until loaded (ComfyUI 0.33's
+        # comfy.ops with dynamic VRAM sets `weight = None` as a plain attribute), which this replaces
+        setattr(module, attr, nn.Parameter(value, requires_grad=False))
+
+
+def checkpoint_shapes(cls, cfg) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape that a checkpoint of `cfg` holds, from the module tree built with plain torch.nn
+    layers on the meta device (free). Not from the model being loaded: a host's layers may create their
+    weights lazily, on meta or not at all until loaded (ComfyUI 0.33's dynamic VRAM)."""
+    with torch.device("meta"):
+        reference = cls(cfg, operations=None, device="meta")
+    return {n: tuple(p.shape) for n, p in reference.named_parameters()}
 
 
 def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], dtype, device,
-                         ignore_prefixes=IGNORED_PREFIXES, skip=(), transform=None, expected_shapes=None) -> None:
+                         ignore_prefixes=IGNORED_PREFIXES, skip=(), transform=None, expected_shapes=None,
+                         read=None, on_loaded=None) -> None:
     """Strictly load every tensor of `model` from safetensors `files` (model built on the meta device).
 
     transform(name, slice) -> tensor: read only part of a tensor (a tensor-parallel shard) from its
     safetensors slice (index it like a tensor: slice[a:b], slice[:, a:b]); expected_shapes: the
     checkpoint shapes the strict check compares against when the model holds such parts.
+    read(file, name) -> tensor: read whole tensors another way (quant_io reads them unmapped);
+    on_loaded(name): called after each tensor is set (quant_io quantizes each completed layer).
     """
     expected = expected_shapes or {n: tuple(p.shape) for n, p in model.named_parameters()}
     found: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -145,15 +159,19 @@ def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], d
         with _open(file) as f:
             for k in keys:
                 try:
-                    t = f.get_tensor(k) if transform is None else transform(k, f.get_slice(k))
+                    t = (read(file, k) if read is not None else
+                         f.get_tensor(k) if transform is None else transform(k, f.get_slice(k)))
                 except Exception as e:
                     raise CheckpointError(f"could not read {k} from {file} ({e}); the file is corrupt.") from None
                 target = dtype if t.is_floating_point() else t.dtype
                 _set_tensor(model, k, t.to(device=device, dtype=target))
                 del t
+                if on_loaded is not None:
+                    on_loaded(k)
 
 
-def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operations=None, attention="sdpa"):
+def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operations=None, attention="sdpa",
+                     quantization: str = "none"):
     from .tokenizer import TextTokenizer
     from .trained_tasks import read_trained_tasks
 
@@ -175,13 +193,22 @@ def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operati
     with torch.device("meta"):
         model = cls(cfg, operations=operations, device="meta", dtype=dtype)
     skip = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
-    load_state_streaming(model, files, dtype, device, skip=skip)
+    expected = checkpoint_shapes(cls, cfg)
+    # quantized weights (quant_io.py): a saved quantized folder loads into quantized layers (its own
+    # expected shapes); with quantization int8/int4 a float folder is quantized layer by layer as it streams
+    from .quant_io import prepare_quantized_load
+    hooks = {"expected_shapes": expected, **prepare_quantized_load(model, files, quantization, dtype, skip)}
+    expected = hooks["expected_shapes"]
+    load_state_streaming(model, files, dtype, device, skip=skip, **hooks)
     # the cos/sin table is computed, not stored: build it for real outside the meta context
     model.rotary = type(model.rotary)(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, device)
-    leftovers = [n for n, p in model.named_parameters() if p.is_meta]
+    loaded = {**dict(model.named_parameters()), **dict(model.named_buffers())}  # quantized layers hold buffers
+    leftovers = [n for n in expected if n not in skip and (n not in loaded or loaded[n].is_meta)]
+    leftovers += [n for n, p in loaded.items() if p.is_meta and n not in leftovers]
     if leftovers:
         raise CheckpointError(f"parameters left unloaded: {leftovers[:5]}")
     model.eval().requires_grad_(False)
+    model.source_path = path  # save_quantized copies its tokenizer files
     model.set_attention_backend(attention)
     tok_file = next((os.path.join(path, n) for n in ("tokenizer.json", "tokenizer.model")
                      if os.path.isfile(os.path.join(path, n))), None)
