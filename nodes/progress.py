@@ -61,10 +61,8 @@ class SamplerProgress:
         mm.throw_exception_if_processing_interrupted()
         return False
 
-    def finish(self, tokens_per_forward: float) -> None:
-        # plain decoding makes one code per forward by definition: the figure only means something with SJD
-        live = tokens_per_forward if self.forwards is not None else None
-        self.send_stats(self.total, done=True, tokens_per_forward=live)
+    def finish(self, tokens_per_forward: float | None) -> None:
+        self.send_stats(self.total, done=True, tokens_per_forward=tokens_per_forward)
 
     # --- helpers
     def preview(self, codes):

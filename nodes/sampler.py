@@ -168,7 +168,8 @@ class Sampler(io.ComfyNode):
                                    image_tokenizer=vq, **common)
             tokens = LuminaTokens(codes=result.codes, layout=result.layout, num_codes=num_codes, task=result.task,
                                   seeds=tuple(result.seeds), scores=result.scores, stats=merged(result.stats))
-        progress.finish(tokens.stats.tokens_per_forward)
+        # plain decoding makes one code per forward by definition: the figure only means something with SJD
+        progress.finish(tokens.stats.tokens_per_forward if sjd is not None else None)
         mm.soft_empty_cache()
         return io.NodeOutput(tokens)
 
