@@ -6,7 +6,7 @@ import torch
 
 from builders import released_layout_tokenizer, tiny_tokenizer
 from demo import DEMO_CHECKPOINT
-from lumina_core import InputError, TASKS, TextTokenizer, TokenizerError, build_prompt
+from lumina_core import InputError, TASKS, TextTokenizer, build_prompt
 from lumina_core.checkpoint_writer import save_tokenizer
 from lumina_core.tasks import ImageLayout, image_rows_to_ids
 
