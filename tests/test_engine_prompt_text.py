@@ -62,3 +62,30 @@ def test_ordinary_prompts_get_the_same_ids_as_the_tokenizer_library():
     for text in CORPUS + ["a red circle on the left on a blue background", "  spaces\tand\nnew lines  ", "ünïcødé ✓",
                           "<upper half> displays a <canny edge map>", ""]:
         assert tok.encode(text) == library.encode(text, add_special_tokens=False).ids, text
+
+
+def test_a_qwen_style_pipeline_gives_the_library_ids_and_no_control_id(tmp_path):
+    """The release's tokenizer is a Qwen-family byte-level BPE: NFC normalizer, a regex split, then byte-level
+    pieces; its Lumina tokens may be added as plain (non-special) tokens, which the library would still cut
+    out of the text."""
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    split = Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
+    lib = Tokenizer(models.BPE())
+    lib.normalizer = normalizers.NFC()
+    lib.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(split, "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    lib.decoder = decoders.ByteLevel()
+    lib.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_end|>"],
+                                                            show_progress=False,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from lumina_core.checkpoint_writer import add_lumina_tokens
+    add_lumina_tokens(lib, 16, max_grid_units=4)
+    lib.add_tokens([AddedToken("<tool_call>", special=False), AddedToken("<|image|>", special=False)])
+    save_tokenizer(str(tmp_path), lib)
+    tok = TextTokenizer.from_pretrained(str(tmp_path))
+    for text in CORPUS + ["Café  déjà-vu 768x768\n\nnew  lines", "it's 3 o'clock"]:
+        assert tok.encode(text) == lib.encode(text, add_special_tokens=False).ids, text
+    for name in added_names(str(tmp_path)):
+        ids = tok.encode(f"a {name} b")
+        assert tok.control_ids.isdisjoint(ids) and tok.decode(ids) == f"a {name} b", name
