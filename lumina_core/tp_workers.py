@@ -290,6 +290,7 @@ class TPWorkers:
                  threads: int | None = None, start_timeout_s: float = 900.0):
         from .config import read_config
         from .tokenizer import TextTokenizer
+        from .trained_tasks import read_trained_tasks
         self.devices = parse_devices(devices)
         if dtype != "auto" and dtype not in DTYPE_NAMES:
             raise InputError(f"dtype must be 'auto' or one of {list(DTYPE_NAMES)}, got {dtype!r}")
@@ -298,6 +299,7 @@ class TPWorkers:
         from .tp import check_divisible
         check_divisible(self.config, len(self.devices))
         self.tokenizer = TextTokenizer.from_pretrained(path)
+        self.trained_tasks = read_trained_tasks(path)  # the sampler warns on other tasks, as for one device
         self.world = len(self.devices)
         self._p = _Processes()
         self._finalizer = weakref.finalize(self, _Processes.stop, self._p)
