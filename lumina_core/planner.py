@@ -170,6 +170,10 @@ def plan_memory(cfg, width: int = 768, height: int = 768, free_bytes: int = 24 *
     weights / kv_cache / embeddings: None or "auto" to let the planner choose, or a fixed choice
     ("none"/"int8"/"int4", "bf16"/"int8", "device"/"host") that the plan must keep."""
     request = Request(width, height, batch, guidance, window, prompt_tokens)
+    tokens = prompt_tokens + ImageLayout(width, height).generated_tokens
+    if tokens > cfg.max_position_embeddings:
+        raise InputError(f"{width}x{height} needs ~{tokens} positions, more than this model's "
+                         f"{cfg.max_position_embeddings}: choose a smaller size.")
     kw = dict(dtype=dtype, num_image_codes=num_image_codes, workspace=workspace)
     reported_free = free_bytes
     free_bytes = int(free_bytes * (1 - headroom))
@@ -199,3 +203,37 @@ def plan_memory(cfg, width: int = 768, height: int = 768, free_bytes: int = 24 *
 def table(cfg, request: Request, **kw) -> list[Plan]:
     """Every plan for a request (for the benchmark and the README's card table)."""
     return [estimate(cfg, request, w, kv, emb, **kw) for w, kv, emb in PLAN_ORDER]
+
+
+def kv_cache_for(model, width: int, height: int, free_bytes: int, *, batch: int = 1, guidance: bool = True,
+                 window: int = 1, prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> tuple[str, str]:
+    """The KV-cache format for one generation with a loaded model ("bf16" or "int8") and a line saying why.
+
+    The model's weight format and embedding placement are fixed by now; free_bytes counts the device's
+    free memory plus what the model already holds there. When nothing fits the int8 cache is the
+    smaller one; the line then carries the planner's advice."""
+    from .placement import embeddings_on_host
+    from .quant import weight_format
+    special = getattr(getattr(model, "tokenizer", None), "special", None)
+    codes = special.num_image_codes if special is not None else DEFAULT_IMAGE_CODES
+    try:
+        plan = plan_memory(model.config, width, height, free_bytes, batch=batch, guidance=guidance, window=window,
+                           weights=weight_format(model), embeddings="host" if embeddings_on_host(model) else "device",
+                           dtype=model.compute_dtype, prompt_tokens=prompt_tokens, num_image_codes=codes)
+    except InputError as e:
+        return "int8", f"{e} Using the int8 cache anyway; the host may keep part of the model in system memory."
+    return plan.kv_cache, f"memory plan: {plan.summary()}"
+
+
+def plan_for_loading(cfg, free_bytes: int, quantization: str = "auto", dtype=torch.bfloat16,
+                     width: int = 768, height: int = 768) -> tuple[Plan, str]:
+    """The loader's plan for the model's native size (768x768 with guidance, batch 1): weights and embedding
+    placement for `quantization` "auto" (or the fixed choice), with a line to log. When nothing fits,
+    the smallest plan and the planner's advice."""
+    fixed = None if quantization == "auto" else quantization
+    try:
+        plan = plan_memory(cfg, width, height, free_bytes, weights=fixed, dtype=dtype)
+        return plan, f"memory plan for {width}x{height} with guidance: {plan.summary()}"
+    except InputError as e:
+        smallest = estimate(cfg, Request(width, height), fixed or "int4", "int8", "host", dtype=dtype)
+        return smallest, f"{e} Loading with {smallest.describe()}."

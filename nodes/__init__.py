@@ -10,12 +10,13 @@ from .download import Download
 from .loaders import ImageTokenizerLoader, ModelLoader
 from .multigpu import MultiGPULoader
 from .sampler import Sampler
+from .save_quantized import SaveQuantized
 from .select import SelectBest
 from .settings import BestOfNSettings, SamplingSettings, SJDSettings, SpeedSettings
 
 NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, SJDSettings,
                                    BestOfNSettings, SelectBest, Decode, Download, SpeedSettings,
-                                   SamplingSettings, MultiGPULoader]
+                                   SamplingSettings, MultiGPULoader, SaveQuantized]
 
 
 class LuminaMGPT2Extension(ComfyExtension):

@@ -1,6 +1,7 @@
 """Loader nodes: the transformer folder and the MoVQGAN image tokenizer, from models/lumina_mgpt/."""
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management as mm
@@ -8,12 +9,19 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..lumina_core import CheckpointError, LuminaMGPT, MoVQGAN, quantize_int8_
+from ..lumina_core.checkpoint import weight_files
+from ..lumina_core.config import read_config
+from ..lumina_core.placement import move_embeddings_to_host_
+from ..lumina_core.planner import plan_for_loading
+from ..lumina_core.quant import quantize_int4_, weight_format
+from ..lumina_core.quant_io import saved_format
 from ..lumina_core.model import ATTENTION_BACKENDS
 from ..lumina_core.model_files import list_image_tokenizers, list_transformers, resolve
 from . import memory
 from .types import CATEGORY, ImageTokenizer, ImageTokenizerType, LuminaModel, ModelType
 from .validation import choice_problem, first_problem
 
+log = logging.getLogger(__name__)
 FOLDER_KEY = "lumina_mgpt"
 ATTENTION_NOTES = {
     "sdpa": "PyTorch's fused attention; needs nothing extra (default).",
@@ -22,7 +30,8 @@ ATTENTION_NOTES = {
     "eager": "the slow float32 reference, for GPUs where sdpa misbehaves.",
     "matmul": "two batched matmuls with a float32 softmax: reads a long KV cache once per decoding step.",
 }
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8")  # what every loader offers (the Multi-GPU Loader uses these)
+LOADER_QUANTIZATIONS = ("auto", "none", "int8", "int4")  # the Model Loader's: the memory planner and int4
 folder_paths.add_model_folder_path(FOLDER_KEY, os.path.join(folder_paths.models_dir, FOLDER_KEY))
 
 
@@ -55,12 +64,16 @@ class ModelLoader(io.ComfyNode):
                                        "the CPU). fp16 halves memory on older GPUs but may overflow."),
                 io.Combo.Input("attention", options=list(ATTENTION_BACKENDS), default="sdpa",
                                tooltip="\n".join(f"{b}: {ATTENTION_NOTES.get(b, '')}" for b in ATTENTION_BACKENDS)),
-                io.Combo.Input("quantization", options=list(QUANTIZATIONS), default="none", optional=True,
-                               tooltip="none: weights in 'dtype'. int8: linear weights quantized per output channel "
-                                       "while loading (about half the memory of bf16, so the 7B model and a 768x768 "
-                                       "KV cache fit in 24 GB); activations stay in 'dtype'. The whole model then "
-                                       "loads at once (no low-VRAM partial loading). Optional: workflows saved "
-                                       "before it existed still load."),
+                io.Combo.Input("quantization", options=list(LOADER_QUANTIZATIONS), default="auto", optional=True,
+                               tooltip="auto: the least lossy setting that fits this GPU's free memory for a 768x768 "
+                                       "image with guidance (the memory planner; the log says what it chose): 24 GB "
+                                       "cards keep bf16 weights, 16 GB int8, 12 GB int4 with the embedding table in "
+                                       "system memory. none: weights in 'dtype'. int8: linear weights quantized per "
+                                       "output channel (half of bf16). int4: group-wise 4-bit (a quarter; the head "
+                                       "stays int8). Activations stay in 'dtype'; quantized models load whole (no "
+                                       "low-VRAM partial loading). A folder written by Save Quantized loads in its "
+                                       "own format (auto or that format). Optional: workflows saved before it "
+                                       "existed still load."),
             ],
             outputs=[ModelType.Output(display_name="model", tooltip="The Lumina-mGPT 2.0 transformer and its text tokenizer.")],
         )
@@ -70,22 +83,39 @@ class ModelLoader(io.ComfyNode):
         return first_problem(choice_problem("checkpoint", checkpoint, list_transformers(model_folders())),
                              choice_problem("dtype", dtype, ["auto", *memory.DTYPES]),
                              choice_problem("attention", attention, ATTENTION_BACKENDS),
-                             choice_problem("quantization", quantization, QUANTIZATIONS))
+                             choice_problem("quantization", quantization, LOADER_QUANTIZATIONS))
 
     @classmethod
     def execute(cls, checkpoint: str, dtype: str, attention: str, quantization: str = "none") -> io.NodeOutput:
         folder = resolve(checkpoint, list_transformers(model_folders()), "checkpoint", model_folders())
         load_device = mm.get_torch_device()
         weight, compute = memory.pick_dtypes(dtype, load_device, _weights_bytes(folder) // 2)
+        quantization, embeddings = cls.memory_plan(folder, quantization, load_device, compute)
+        # quantized while streaming in (low host memory) when the weights are stored in the compute dtype
         engine = LuminaMGPT.from_pretrained(folder, dtype=weight, device=mm.unet_offload_device(),
-                                            operations=memory.operations_for(weight, compute), attention=attention)
+                                            operations=memory.operations_for(weight, compute), attention=attention,
+                                            quantization=quantization if weight == compute else "none")
         if engine.tokenizer is None:
             raise CheckpointError(f"{folder} has no tokenizer.json; copy the checkpoint's tokenizer.json and "
                                   "tokenizer_config.json into it.")
         memory.set_compute_dtype_(engine, compute)
-        if quantization == "int8":
-            quantize_int8_(engine, backend="native", dtype=compute)
+        if quantization in ("int8", "int4") and weight_format(engine) == "none":  # weights stored unlike compute
+            quantize_int8_(engine, backend="native", dtype=compute) if quantization == "int8" else \
+                quantize_int4_(engine, dtype=compute)
+        if embeddings == "host":
+            move_embeddings_to_host_(engine)
         return io.NodeOutput(LuminaModel(memory.wrap(engine), checkpoint))
+
+    @staticmethod
+    def memory_plan(folder: str, quantization: str, load_device, compute) -> tuple[str, str]:
+        """(weight format to load with, embedding placement) from the planner and ComfyUI's free memory."""
+        if saved_format(weight_files(folder)) is not None:
+            return quantization, "device"  # a Save Quantized folder: its own format (checked by the loader)
+        if quantization in ("none", "int8") or load_device.type != "cuda":
+            return quantization if quantization != "auto" else "none", "device"
+        plan, note = plan_for_loading(read_config(folder), mm.get_free_memory(load_device), quantization, compute)
+        log.info("Lumina-mGPT 2.0: %s", note)
+        return plan.weights, plan.embeddings
 
 
 class ImageTokenizerLoader(io.ComfyNode):

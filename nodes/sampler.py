@@ -13,6 +13,7 @@ from ..lumina_core.generate import plan_request
 from ..lumina_core.sampler import DecodeStats
 from ..lumina_core.trained_tasks import task_warning
 from . import memory
+from .memory_plan import KV_CACHES, KV_TOOLTIP, kv_cache_format
 from .progress import SamplerProgress
 from .settings import sjd_decoder, step_function
 from .validation import choice_problem, first_problem, float_problems, require, size_inputs, size_problem
@@ -99,6 +100,7 @@ class Sampler(io.ComfyNode):
                 SamplingType.Input("sampling", optional=True,
                                    tooltip="More sampling options (Sampling Settings node: top-p, top-n-sigma, "
                                            "guidance only within the top-k, upstream's cfg schedule)."),
+                io.Combo.Input("kv_cache", options=list(KV_CACHES), default="auto", optional=True, tooltip=KV_TOOLTIP),
             ],
             outputs=[TokensType.Output(display_name="tokens", tooltip="The generated code grids (whole canvas), with task and "
                                                         "seeds; connect to Lumina-mGPT 2.0 Decode.")],
@@ -117,7 +119,7 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
                 temperature: float, batch_size: int, condition=None, image_tokenizer=None, sjd=None,
-                best_of_n=None, speed=None, sampling=None) -> io.NodeOutput:
+                best_of_n=None, speed=None, sampling=None, kv_cache: str = "auto") -> io.NodeOutput:
         require(*cls.problems(task, width, height, cfg, temperature))  # linked widgets
         engine = model.engine
         spec = get_task(task)
@@ -136,7 +138,9 @@ class Sampler(io.ComfyNode):
         streams = together * (2 if cfg != 1.0 else 1)
         extra = [image_tokenizer.patcher] if image_tokenizer is not None else []
         workers = getattr(model, "workers", None)  # a Multi-GPU Loader's model: its worker processes decode
-        if workers is None:
+        if workers is None:  # the cache format first: the memory reserved for generation depends on it
+            engine.kv_cache_format = kv_cache_format(kv_cache, engine, canvas_w, canvas_h, together, cfg != 1.0,
+                                                     window, len(plan.cond_ids))
             memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=extra)
             step, note = step_function(speed, engine)  # after loading: CUDA graphs need the weights in place
         else:

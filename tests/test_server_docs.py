@@ -13,7 +13,7 @@ NODE_ORDER = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "Lumi
               "LuminaMGPT2Decode", "LuminaMGPT2ConditionEncoder", "LuminaMGPT2SJDSettings",
               "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest", "LuminaMGPT2SpeedSettings",
               "LuminaMGPT2SamplingSettings",
-              "LuminaMGPT2Download", "LuminaMGPT2MultiGPULoader"]
+              "LuminaMGPT2Download", "LuminaMGPT2MultiGPULoader", "LuminaMGPT2SaveQuantized"]
 # Combos listing files on this machine: their options differ between installs (value: the default shown).
 FILE_LISTS = {("LuminaMGPT2ModelLoader", "checkpoint"): "first found",
               ("LuminaMGPT2ImageTokenizerLoader", "image_tokenizer"): "first found",
