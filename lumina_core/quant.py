@@ -73,11 +73,18 @@ def default_kernel(device: torch.device, dtype: torch.dtype) -> str:
     return "int8pack" if int8pack_works(device, dtype) else "dequant"
 
 
+ROWS_PER_CHUNK = 2048  # quantize in row blocks: float32 temporaries stay ~100 MB even for the 171k-row head
+
+
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float [out, in] -> (int8 [out, in], float32 scale [out]) with w ~= q * scale, |q| <= 127."""
-    w = weight.float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for a in range(0, weight.shape[0], ROWS_PER_CHUNK):
+        w = weight[a:a + ROWS_PER_CHUNK].detach().float()
+        s = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        q[a:a + ROWS_PER_CHUNK] = torch.round(w / s[:, None]).clamp_(-127, 127)
+        scale[a:a + ROWS_PER_CHUNK] = s
     return q, scale
 
 
@@ -162,14 +169,21 @@ def quantize_groupwise_int4(weight: torch.Tensor, group_size: int = INT4_GROUP, 
     q is chosen against the scale and zero as stored in `dtype`, so their rounding costs nothing extra."""
     out_f, in_f = weight.shape
     g = int4_group_size(in_f, group_size)
-    w = weight.detach().float().reshape(out_f, in_f // g, g)
-    lo, hi = w.amin(-1), w.amax(-1)
-    scale = ((hi - lo) / 15).clamp(min=1e-8).to(dtype)
-    zero = (lo + 8 * scale.float()).to(dtype)
-    q = torch.round((w - zero.float()[..., None]) / scale.float()[..., None] + 8).clamp_(0, 15).to(torch.uint8)
-    q = q.reshape(out_f, in_f)
-    packed = q[:, 0::2] | (q[:, 1::2] << 4)
-    return packed.contiguous(), scale, zero
+    packed = torch.empty(out_f, in_f // 2, dtype=torch.uint8, device=weight.device)
+    scale = torch.empty(out_f, in_f // g, dtype=dtype, device=weight.device)
+    zero = torch.empty_like(scale)
+    for a in range(0, out_f, ROWS_PER_CHUNK):  # row blocks: bounded float32 temporaries
+        w = weight[a:a + ROWS_PER_CHUNK].detach().float()
+        rows = w.shape[0]
+        w = w.reshape(rows, in_f // g, g)
+        lo, hi = w.amin(-1), w.amax(-1)
+        s = ((hi - lo) / 15).clamp(min=1e-8).to(dtype)
+        z = (lo + 8 * s.float()).to(dtype)
+        q = torch.round((w - z.float()[..., None]) / s.float()[..., None] + 8).clamp_(0, 15).to(torch.uint8)
+        q = q.reshape(rows, in_f)
+        packed[a:a + rows] = q[:, 0::2] | (q[:, 1::2] << 4)
+        scale[a:a + rows], zero[a:a + rows] = s, z
+    return packed, scale, zero
 
 
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
