@@ -51,7 +51,8 @@ class BestOfNResult:
 def bytes_per_image(model, max_len: int, use_cfg: bool, tokens_per_step: int) -> int:
     """Memory one more image in the batch costs: its KV rows plus per-step float32 workspace."""
     rows = 2 if use_cfg else 1
-    kv = KVCache.estimate_bytes(model.config, rows, max_len, model.compute_dtype)
+    fmt = getattr(model, "kv_cache_format", None) or "bf16"  # the int8 cache fits about twice the images
+    kv = KVCache.estimate_bytes(model.config, rows, max_len, model.compute_dtype, fmt)
     n_codes = model.tokenizer.special.num_image_codes if model.tokenizer is not None else model.config.vocab_size
     return kv + WORKSPACE_COPIES * rows * tokens_per_step * n_codes * 4
 

@@ -81,9 +81,9 @@ class Plan:
         return f"{w} and {kv}{emb}"
 
     def summary(self) -> str:
-        free = f" of {self.free_bytes / GiB:.1f} GB free" if self.free_bytes is not None else ""
+        free = f" of {self.free_bytes / GiB:.1f} GiB free" if self.free_bytes is not None else ""
         parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items())
-        return f"{self.describe()}: {self.total / GiB:.1f} GB{free} ({parts} GB)"
+        return f"{self.describe()}: {self.total / GiB:.1f} GiB{free} ({parts} GiB)"
 
 
 def _body_linears(cfg) -> list[tuple[int, int]]:
@@ -185,17 +185,17 @@ def plan_memory(cfg, width: int = 768, height: int = 768, free_bytes: int = 24 *
         raise InputError(f"no plan has weights={weights!r}, kv_cache={kv_cache!r}, embeddings={embeddings!r}")
     smallest = estimate(cfg, request, *candidates[-1], **kw)
     asked = (f"{request.describe()}: {'even ' if len(candidates) == len(PLAN_ORDER) else ''}{smallest.describe()} "
-             f"need {smallest.total / GiB:.1f} GB but {reported_free / GiB:.1f} GB are free")
+             f"need {smallest.total / GiB:.1f} GiB but {reported_free / GiB:.1f} GiB are free")
     anything = best_plan(cfg, request, free_bytes, **kw)
     if anything is not None:  # the fixed choices are what does not fit
         raise InputError(f"{asked}; at {width}x{height} this card needs {anything.describe()} "
-                         f"({anything.total / GiB:.1f} GB): choose those, or auto.")
+                         f"({anything.total / GiB:.1f} GiB): choose those, or auto.")
     for w, h in smaller_sizes(width, height):
         smaller = Request(w, h, batch, guidance, window, prompt_tokens)
         fits = best_plan(cfg, smaller, free_bytes, weights, kv_cache, embeddings, **kw) \
             or best_plan(cfg, smaller, free_bytes, **kw)
         if fits is not None:
-            raise InputError(f"{asked}; at {w}x{h} {fits.describe()} fit ({fits.total / GiB:.1f} GB).")
+            raise InputError(f"{asked}; at {w}x{h} {fits.describe()} fit ({fits.total / GiB:.1f} GiB).")
     raise InputError(f"{asked}, and nothing fits even at a third of this size: free memory on the device "
                      "(close other programs or models) or use a smaller batch.")
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .quant_triton import available as triton_available
-from .quant_triton import w4_matmul, w8_matmul
+from .quant_triton import w4_block_k, w4_matmul, w8_matmul
 
 KERNELS = ("auto", "triton", "int8pack", "dequant")
 INT4_KERNELS = ("auto", "triton", "dequant")
@@ -266,7 +266,8 @@ class Int4Linear(nn.Module):
         if self.kernel_choice != "auto":
             return self.kernel_choice
         if self._resolved[0] != (device, dtype):
-            fast = torch.device(device).type == "cuda" and int4_triton_works(device, dtype)
+            fast = (torch.device(device).type == "cuda" and w4_block_k(self.group_size) is not None
+                    and int4_triton_works(device, dtype))  # the kernel's K blocks must tile a group
             self._resolved = ((device, dtype), "triton" if fast else "dequant")
         return self._resolved[1]
 
