@@ -10,6 +10,7 @@ Public API:
     best_of_n(model, prompt, ..., n=8, scorer=...)             N candidates, scored (likelihood or CLIP)
     StepRunner(model) / FastPlain(runner)                      CUDA-graph step with bucketed attention
     quantize_int8_(model)                                      int8 weight-only linear layers
+    prepare_request / run_request (lumina_core.request)        one request to code grids: what the Sampler runs
 """
 from .config import LuminaConfig
 from .errors import CheckpointError, GenerationCancelled, InputError, LuminaError, TokenizerError

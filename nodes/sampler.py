@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..lumina_core import FastPlain, InputError, SJDecoder, StepRunner, TASKS, canvas_size, generate, get_task
-from ..lumina_core import best_of_n as run_best_of_n
-from ..lumina_core.generate import plan_request
-from ..lumina_core.sampler import DecodeStats
-from ..lumina_core.trained_tasks import task_warning
+from ..lumina_core import InputError, TASKS, get_task
+from ..lumina_core.request import Request, prepare_request, run_request
 from . import memory
 from .memory_plan import KV_CACHES, KV_TOOLTIP, kv_cache_format
 from .progress import SamplerProgress
-from .settings import sjd_decoder, step_function
+from .settings import CountingForward, step_function
 from .validation import choice_problem, first_problem, float_problems, require, size_inputs, size_problem
 from .types import (BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SamplingType, SJDType,
                     SpeedType, TokensType)
@@ -32,15 +28,10 @@ def _task_tooltip() -> str:
 
 
 def condition_codes(spec, condition: LuminaTokens | None, width: int, height: int, engine):
-    """The condition's codes after checking it fits this task, size and model."""
-    if condition is None:
-        if spec.needs_condition:
-            raise InputError(f"task {spec.name!r} starts from an image: connect a Lumina-mGPT 2.0 Condition Encoder "
-                             "to the sampler's 'condition' input.")
-        return None
-    if not spec.needs_condition:
-        raise InputError(f"task {spec.name!r} generates from text only: disconnect 'condition', or pick a task "
-                         "that uses one (control_*, subject, dense_*, edit).")
+    """The condition socket's codes, after the checks only the socket allows (where they came from, at what
+    size, from which image tokenizer). Whether the task takes a condition is the request's own check."""
+    if condition is None or not spec.needs_condition:
+        return None if condition is None else condition.codes
     if condition.task is not None:
         raise InputError("'condition' must come from a Condition Encoder, not from a sampler.")
     if (condition.layout.width, condition.layout.height) != (width, height):
@@ -121,76 +112,39 @@ class Sampler(io.ComfyNode):
                 temperature: float, batch_size: int, condition=None, image_tokenizer=None, sjd=None,
                 best_of_n=None, speed=None, sampling=None, kv_cache: str = "auto") -> io.NodeOutput:
         require(*cls.problems(task, width, height, cfg, temperature))  # linked widgets
-        engine = model.engine
-        spec = get_task(task)
-        canvas_w, canvas_h = canvas_size(spec, width, height)
-        codes = condition_codes(spec, condition, width, height, engine)
-        check_best_of_n(best_of_n, batch_size, image_tokenizer)
-        # Plan first: a prompt or size the model cannot take fails before anything is loaded.
-        plan = plan_request(engine, prompt, canvas_w, canvas_h, spec, condition_codes=codes)
-        untrained = task_warning(engine, spec.name)
-        if untrained:
-            log.warning("Lumina-mGPT 2.0: %s", untrained)
-        window = sjd["window"] if sjd is not None else 1
-        # best-of-N with chunk_size 0 sizes its chunks to the memory left after loading; a fixed chunk size
-        # generates that many candidates at once, so room is made for all of them
-        together = best_of_n["chunk_size"] if best_of_n is not None and best_of_n["chunk_size"] else batch_size
-        streams = together * (2 if cfg != 1.0 else 1)
-        extra = [image_tokenizer.patcher] if image_tokenizer is not None else []
-        workers = getattr(model, "workers", None)  # a Multi-GPU Loader's model: its worker processes decode
-        if workers is None:  # the cache format first: the memory reserved for generation depends on it
-            engine.kv_cache_format = kv_cache_format(kv_cache, engine, canvas_w, canvas_h, together, cfg != 1.0,
-                                                     window, len(plan.cond_ids))
-            memory.load_for_generation(model, streams, plan.total_tokens + window, window, extra=extra)
-            step, note = step_function(speed, engine)  # after loading: CUDA graphs need the weights in place
-        else:
-            if extra:
-                mm.load_models_gpu(extra)
-            step, note = None, None  # the workers apply the speed settings to their own shards
-        if note:
-            log.info("Lumina-mGPT 2.0: %s", note)
-        if sjd is not None:
-            decoder, forwards = sjd_decoder(sjd, step) if workers is None else (SJDecoder(**sjd), None)
-        else:
-            decoder, forwards = (FastPlain(step) if isinstance(step, StepRunner) else None), None
+        engine = model.engine  # a Multi-GPU Loader's model answers as its worker group
         vq = image_tokenizer.engine if image_tokenizer is not None else None
-        progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat,
-                                   image_tokenizer=vq, forwards=forwards, warning=untrained,
-                                   panel_rows=plan.layout.h_lat // 2 if spec.dual_panel else None)
-        common = dict(task=spec.name, cfg=cfg, top_k=top_k, temperature=temperature, condition_codes=codes,
-                      decoder=decoder, progress=progress.on_rows, cancel=progress.cancel, **(sampling or {}))
-        num_codes = engine.tokenizer.special.num_image_codes
-        if best_of_n is None:
-            run = partial(workers.generate, speed=speed) if workers is not None else partial(generate, engine)
-            result = run(prompt, canvas_w, canvas_h, seed=seed, batch_size=batch_size, **common)
-            tokens = LuminaTokens(codes=result.codes, layout=result.layout, num_codes=num_codes, task=result.task,
-                                  seeds=tuple(result.seeds), stats=result.stats)
-        else:
-            run = partial(workers.best_of_n, speed=speed) if workers is not None else partial(run_best_of_n, engine)
-            result = run(prompt, canvas_w, canvas_h, n=best_of_n["n"], seed=seed,
-                                   scorer=best_of_n["scorer"], chunk_size=best_of_n["chunk_size"],
-                                   image_tokenizer=vq, **common)
-            tokens = LuminaTokens(codes=result.codes, layout=result.layout, num_codes=num_codes, task=result.task,
-                                  seeds=tuple(result.seeds), scores=result.scores, stats=merged(result.stats))
-        # plain decoding makes one code per forward by definition: the figure only means something with SJD
-        progress.finish(tokens.stats.tokens_per_forward if sjd is not None else None)
+        request = Request(prompt=prompt, task=task, width=width, height=height, seed=seed, cfg=cfg, top_k=top_k,
+                          temperature=temperature, batch_size=batch_size, sjd=sjd, best_of_n=best_of_n,
+                          sampling=sampling or {},
+                          condition_codes=condition_codes(get_task(task), condition, width, height, engine))
+        # checked and planned first: a prompt or size the model cannot take fails before anything is loaded
+        prepared = prepare_request(engine, request, image_tokenizer=vq)
+        if prepared.warning:
+            log.warning("Lumina-mGPT 2.0: %s", prepared.warning)
+        extra = [image_tokenizer.patcher] if image_tokenizer is not None else []
+        step, multi_gpu = None, getattr(model, "workers", None) is not None
+        if not multi_gpu:  # the workers hold their own shards and apply the speed settings themselves
+            # the cache format first: the memory reserved for generation depends on it
+            engine.kv_cache_format = kv_cache_format(kv_cache, engine, *prepared.canvas, prepared.images_at_once,
+                                                     prepared.guided, prepared.window, len(prepared.plan.cond_ids))
+            memory.load_for_generation(model, prepared.streams, prepared.cache_tokens, prepared.window, extra=extra)
+            step, note = step_function(speed, engine)  # after loading: CUDA graphs need the weights in place
+            if note:
+                log.info("Lumina-mGPT 2.0: %s", note)
+        elif extra:
+            mm.load_models_gpu(extra)
+        # SJD's forwards are counted for the live tokens-per-forward figure (the workers report theirs at the end)
+        forwards = CountingForward(step) if sjd is not None and step is not None else None
+        decoder = prepared.decoder(forwards or step)
+        progress = SamplerProgress(cls.hidden.unique_id, model, prepared.plan.layout.gen_rows,
+                                   prepared.plan.layout.w_lat, image_tokenizer=vq, forwards=forwards,
+                                   warning=prepared.warning,
+                                   panel_rows=prepared.plan.layout.h_lat // 2 if prepared.spec.dual_panel else None)
+        outcome = run_request(prepared, engine, decoder=decoder, image_tokenizer=vq, progress=progress.on_rows,
+                              cancel=progress.cancel, speed=speed)
+        progress.finish(outcome.tokens_per_forward)
         mm.soft_empty_cache()
-        return io.NodeOutput(tokens)
-
-
-def check_best_of_n(settings, batch_size: int, image_tokenizer) -> None:
-    if settings is None:
-        return
-    if batch_size != 1:
-        raise InputError("with best-of-N connected the candidates are the batch: set batch_size to 1 and the "
-                         "number of candidates (n) on the Best-of-N Settings node.")
-    if settings["scorer"].needs_images and image_tokenizer is None:
-        raise InputError(f"the {settings['scorer'].name} scorer looks at the images: connect the image tokenizer "
-                         "to the sampler's image_tokenizer input.")
-
-
-def merged(chunk_stats: list[DecodeStats]) -> DecodeStats:
-    """One DecodeStats for best-of-N's chunks (forwards and per-image tokens add up)."""
-    return DecodeStats(forwards=sum(s.forwards for s in chunk_stats),
-                       image_tokens=sum(s.image_tokens for s in chunk_stats),
-                       prefill_tokens=chunk_stats[0].prefill_tokens, seconds=sum(s.seconds for s in chunk_stats))
+        return io.NodeOutput(LuminaTokens(codes=outcome.codes, layout=outcome.layout,
+                                          num_codes=engine.tokenizer.special.num_image_codes, task=outcome.task,
+                                          seeds=outcome.seeds, scores=outcome.scores, stats=outcome.stats))

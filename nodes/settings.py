@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..lumina_core import CLIPScorer, LikelihoodScorer, StepRunner
 from ..lumina_core.fast import compile_layers
 from ..lumina_core.logits import CFG_MODES
-from ..lumina_core.sjd import INITS, MODES, SJDecoder
+from ..lumina_core.sjd import INITS, MODES
 from .types import ADVANCED, BestOfNType, SamplingType, SJDType, SpeedType
 from .validation import choice_problem, first_problem, float_problems, require
 
@@ -103,12 +103,6 @@ class SamplingSettings(io.ComfyNode):
         require(cls.validate_inputs(top_p, top_n_sigma, cfg_mode))
         return io.NodeOutput({"top_p": top_p, "top_n_sigma": top_n_sigma, "guidance_top_k": guidance_top_k,
                               "cfg_mode": cfg_mode})
-
-
-def sjd_decoder(settings: dict, step) -> tuple[SJDecoder, CountingForward]:
-    """`step`: the cached-step function to count (the model's forward_step, or a fast StepRunner)."""
-    counter = CountingForward(step)
-    return SJDecoder(**settings, forward=counter), counter
 
 
 class SpeedSettings(io.ComfyNode):
