@@ -92,3 +92,28 @@ def test_estimate_matches_real_allocations_on_a_tiny_model(tmp_path, weights):
     assert plan.parts["embeddings"] == 0 and plan.host_bytes == model.model.embed_tokens.weight.numel() * 2
     cache = KVCache.for_model(model, request.rows, request.slots(), "int8")
     assert plan.parts["kv"] == cache.nbytes()
+
+
+def test_loader_plan_and_the_samplers_cache_choice(tmp_path):
+    from lumina_core.planner import kv_cache_for, plan_for_loading
+    plan, note = plan_for_loading(REAL, free_on(12))
+    assert (plan.weights, plan.embeddings) == ("int4", "host") and "memory plan for 768x768" in note
+    smallest, note = plan_for_loading(REAL, free_on(8))  # nothing fits: the smallest plan and the advice
+    assert (smallest.weights, smallest.kv_cache, smallest.embeddings) == ("int4", "int8", "host")
+    assert "at 384x384 int4 weights and the int8 cache" in note and note.endswith("Loading with int4 weights and the int8 cache, embeddings on the CPU.")
+    fixed, _ = plan_for_loading(REAL, free_on(80), "int8")
+    assert fixed.weights == "int8"
+    # head_dim 128 and 8 layers as in the 7B (with head_dim 16 and 2 layers the int8 cache's scales and read
+    # buffer make it larger than bf16, and the planner rightly keeps bf16)
+    folder, _ = tiny_checkpoint(tmp_path / "ckpt", num_codes=64, shards=1, hidden_size=256, num_attention_heads=2,
+                                num_key_value_heads=2, num_hidden_layers=8)
+    model = LuminaMGPT.from_pretrained(folder, dtype=torch.bfloat16)
+    assert estimate(model.config, Request(64, 64, prompt_tokens=40), "none", "int8", "device").parts["kv"] < \
+        estimate(model.config, Request(64, 64, prompt_tokens=40), "none", "bf16", "device").parts["kv"]
+    need = lambda kv: estimate(model.config, Request(64, 64, prompt_tokens=40), "none", kv, "device",
+                               num_image_codes=64).total
+    assert kv_cache_for(model, 64, 64, 10 * need("bf16"), prompt_tokens=40)[0] == "bf16"
+    between = int((need("bf16") + need("int8")) / 2 / 0.95)
+    assert kv_cache_for(model, 64, 64, between, prompt_tokens=40)[0] == "int8"
+    fmt, note = kv_cache_for(model, 64, 64, need("int8") // 4, prompt_tokens=40)
+    assert fmt == "int8" and "need" in note
