@@ -90,7 +90,7 @@ class ModelLoader(io.ComfyNode):
         folder = resolve(checkpoint, list_transformers(model_folders()), "checkpoint", model_folders())
         load_device = mm.get_torch_device()
         weight, compute = memory.pick_dtypes(dtype, load_device, _weights_bytes(folder) // 2)
-        quantization, embeddings = cls.memory_plan(folder, quantization, load_device, compute)
+        quantization, embeddings, plan_note = cls.memory_plan(folder, quantization, load_device, compute)
         # quantized while streaming in (low host memory) when the weights are stored in the compute dtype
         engine = LuminaMGPT.from_pretrained(folder, dtype=weight, device=mm.unet_offload_device(),
                                             operations=memory.operations_for(weight, compute), attention=attention,
@@ -104,18 +104,22 @@ class ModelLoader(io.ComfyNode):
                 quantize_int4_(engine, dtype=compute)
         if embeddings == "host":
             move_embeddings_to_host_(engine)
+        engine.memory_plan_loaded = plan_note  # the Sampler reports it with its cache choice
         return io.NodeOutput(LuminaModel(memory.wrap(engine), checkpoint))
 
     @staticmethod
-    def memory_plan(folder: str, quantization: str, load_device, compute) -> tuple[str, str]:
-        """(weight format to load with, embedding placement) from the planner and ComfyUI's free memory."""
+    def memory_plan(folder: str, quantization: str, load_device, compute) -> tuple[str, str, str]:
+        """(weight format to load with, embedding placement, a line saying why) from the planner and ComfyUI's
+        free memory."""
         if saved_format(weight_files(folder)) is not None:
-            return quantization, "device"  # a Save Quantized folder: its own format (checked by the loader)
+            return quantization, "device", "weights as saved"  # a Save Quantized folder (checked by the loader)
         if quantization in ("none", "int8") or load_device.type != "cuda":
-            return quantization if quantization != "auto" else "none", "device"
+            chosen = quantization if quantization != "auto" else "none"
+            why = "auto: system memory keeps the float weights" if quantization == "auto" else "chosen"
+            return chosen, "device", f"{chosen} weights ({why})"
         plan, note = plan_for_loading(read_config(folder), mm.get_free_memory(load_device), quantization, compute)
         log.info("Lumina-mGPT 2.0: %s", note)
-        return plan.weights, plan.embeddings
+        return plan.weights, plan.embeddings, f"{plan.weights} weights, embeddings on the {plan.embeddings} ({note})"
 
 
 class ImageTokenizerLoader(io.ComfyNode):

@@ -7,6 +7,7 @@ import logging
 import comfy.model_management as mm
 
 from ..lumina_core.planner import kv_cache_for
+from ..lumina_core.quant import weight_format
 from .validation import choice_problem, require
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,17 @@ def kv_cache_format(choice: str, engine, width: int, height: int, images: int, g
     """The cache format for this run; for auto, the planner's choice given ComfyUI's free memory plus what
     the model already holds on the GPU (the planner counts the weights itself)."""
     require(choice_problem("kv_cache", choice, KV_CACHES))
-    if choice != "auto":
-        return choice
+    loaded = getattr(engine, "memory_plan_loaded", None) or f"{weight_format(engine)} weights"
     device = mm.get_torch_device()
-    if device.type != "cuda":
-        return "bf16"  # system memory: the compute-dtype cache (the CPU is not where memory is short)
-    free = mm.get_free_memory(device) + _bytes_on(engine, device)
-    fmt, note = kv_cache_for(engine, width, height, free, batch=images, guidance=guidance, window=window,
-                             prompt_tokens=prompt_tokens)
-    log.info("Lumina-mGPT 2.0: %s cache: %s", fmt, note)
+    if choice != "auto":
+        fmt, note = choice, f"{choice} cache (chosen)"
+    elif device.type != "cuda":
+        fmt, note = "bf16", "bf16 cache (auto: system memory, the compute-dtype cache)"
+    else:
+        free = mm.get_free_memory(device) + _bytes_on(engine, device)
+        fmt, note = kv_cache_for(engine, width, height, free, batch=images, guidance=guidance, window=window,
+                                 prompt_tokens=prompt_tokens)
+        note = f"{fmt} cache (auto): {note}"
+        log.info("Lumina-mGPT 2.0: %s", note)
+    engine.memory_plan = f"{loaded}; {note}"  # the Sampler's stats event shows it
     return fmt

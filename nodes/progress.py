@@ -84,4 +84,5 @@ class SamplerProgress:
             "node": self.node_id, "rows": rows, "total": self.total, "tokens_per_s": self.tokens / elapsed,
             "tokens_per_forward": tokens_per_forward, "elapsed_s": elapsed, "done": done,
             "eta_s": 0.0 if done else (self.total - rows) / rate if rate > 0 else None, "warning": self.warning,
+            "memory": getattr(self.model.engine, "memory_plan", None),  # weights and cache format (memory_plan.py)
         })
