@@ -9,19 +9,26 @@ Public API:
     generate(..., decoder=SJDecoder(window=16))                speculative Jacobi decoding (lossless)
     best_of_n(model, prompt, ..., n=8, scorer=...)             N candidates, scored (likelihood or CLIP)
     StepRunner(model) / FastPlain(runner)                      CUDA-graph step with bucketed attention
-    quantize_int8_(model)                                      int8 weight-only linear layers
+    quantize_int8_(model) / quantize_int4_(model)              int8 / group-wise int4 weight-only linear layers
+    save_quantized(model, folder)                              a quantized folder from_pretrained loads as saved
+    plan_memory(config, width, height, free_bytes)             what fits a card: weights, cache, embeddings
+    with kv_cache_format(model, "int8"): generate(...)         the 8-bit KV cache
     prepare_request / run_request (lumina_core.request)        one request to code grids: what the Sampler runs
 """
 from .config import LuminaConfig
 from .errors import CheckpointError, GenerationCancelled, InputError, LuminaError, TokenizerError
 from .generate import GenerationResult, canvas_size, crop_codes, decode_images, encode_condition, generate
-from .kv_cache import KVCache
+from .kv_cache import KVCache, kv_cache_format
 from .best_of_n import BestOfNResult, best_of_n
 from .fast import FastPlain, StepRunner
 from .logits import SamplingOptions
 from .model import LuminaMGPT
 from .movqgan import MoVQGAN
-from .quant import Int8Linear, quantize_int8_
+from .quant import Int4Linear, Int8Linear, quantize_int4_, quantize_int8_
+from .quant_io import save_quantized
+from .planner import plan_memory
+from .placement import move_embeddings_to_host_
+from .request import Request, prepare_request, run_request
 from .scorers import CLIPScorer, LikelihoodScorer
 from .sjd import SJDecoder
 from .tasks import TASKS, ImageLayout, build_prompt, get_task
@@ -32,5 +39,6 @@ __all__ = [
     "decode_images", "encode_condition", "canvas_size", "crop_codes", "SamplingOptions", "KVCache", "TASKS",
     "ImageLayout", "build_prompt", "get_task", "LuminaError", "CheckpointError", "TokenizerError", "InputError",
     "GenerationCancelled", "SJDecoder", "best_of_n", "BestOfNResult", "LikelihoodScorer", "CLIPScorer", "StepRunner",
-    "FastPlain", "quantize_int8_", "Int8Linear",
+    "FastPlain", "quantize_int8_", "Int8Linear", "quantize_int4_", "Int4Linear", "save_quantized", "plan_memory",
+    "kv_cache_format", "move_embeddings_to_host_", "Request", "prepare_request", "run_request",
 ]

@@ -19,7 +19,9 @@ class HostEmbedding(nn.Module):
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         self.num_embeddings, self.embedding_dim = weight.shape
-        self.weight = nn.Parameter(weight.detach().to("cpu"), requires_grad=False)
+        # a buffer, not a parameter: a host's memory manager moves the parameters it finds to the GPU one by
+        # one (ComfyUI's ModelPatcher does), which would undo the point of this layer
+        self.register_buffer("weight", weight.detach().to("cpu"))
 
     def _apply(self, fn, recurse=True):
         # `.to(device)` / `.cuda()` of the whole model must not pull the table onto the GPU (that is its

@@ -88,7 +88,23 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return q, scale
 
 
-class Int8Linear(nn.Module):
+class HostCastable:
+    """A quantized layer a host may leave in system memory and copy in per call: ComfyUI's low-VRAM partial
+    loading, duck-typed (lumina_core never imports it). ComfyUI lists the modules that have
+    `comfy_cast_weights`, moves those that fit whole and sets the flag on those it leaves offloaded. For an
+    autoregressive decoder that copy happens at every token, so it is the slow last resort when the memory
+    plan does not fit the card; it runs where a whole-model load would fail."""
+    comfy_cast_weights = False
+    weight_function: list = []  # ComfyUI's per-layer patch hooks: none apply to quantized weights
+    bias_function: list = []
+
+    def _here(self, x: torch.Tensor, *tensors):
+        if not self.comfy_cast_weights:
+            return tensors
+        return tuple(t if t is None or t.device == x.device else t.to(x.device, non_blocking=True) for t in tensors)
+
+
+class Int8Linear(HostCastable, nn.Module):
     """Drop-in for nn.Linear with int8 weights; `forward_rows` computes only output rows [a, b)."""
 
     def __init__(self, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
@@ -141,12 +157,14 @@ class Int8Linear(nn.Module):
         return F.linear(x, w.to(x.dtype)) * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._matmul(x, self.weight, self.scale)
-        return out if self.bias is None else out + self.bias
+        w, scale, bias = self._here(x, self.weight, self.scale, self.bias)
+        out = self._matmul(x, w, scale)
+        return out if bias is None else out + bias
 
     def forward_rows(self, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        out = self._matmul(x, self.weight[a:b], self.scale[a:b])
-        return out if self.bias is None else out + self.bias[a:b]
+        w, scale, bias = self._here(x, self.weight[a:b], self.scale[a:b], None if self.bias is None else self.bias[a:b])
+        out = self._matmul(x, w, scale)
+        return out if bias is None else out + bias
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
@@ -218,7 +236,7 @@ def int4_triton_works(device: torch.device, dtype: torch.dtype) -> bool:
     return _int4_probe[key]
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(HostCastable, nn.Module):
     """Drop-in for nn.Linear with group-wise int4 weights; `forward_rows` computes only rows [a, b).
 
     Buffers (the saved format): weight uint8 [out, in/2] (column 2j in the low nibble, 2j+1 in the
@@ -282,12 +300,15 @@ class Int4Linear(nn.Module):
         return F.linear(x, dequantize_int4(packed, scale, zero, x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._matmul(x, self.weight, self.scale, self.zero)
-        return out if self.bias is None else out + self.bias
+        w, scale, zero, bias = self._here(x, self.weight, self.scale, self.zero, self.bias)
+        out = self._matmul(x, w, scale, zero)
+        return out if bias is None else out + bias
 
     def forward_rows(self, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        out = self._matmul(x, self.weight[a:b], self.scale[a:b], self.zero[a:b])
-        return out if self.bias is None else out + self.bias[a:b]
+        w, scale, zero, bias = self._here(x, self.weight[a:b], self.scale[a:b], self.zero[a:b],
+                                          None if self.bias is None else self.bias[a:b])
+        out = self._matmul(x, w, scale, zero)
+        return out if bias is None else out + bias
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group={self.group_size}, kernel={self.kernel}"

@@ -53,8 +53,8 @@ def _follow_load_device(patcher, device_to, *args) -> None:
     if device_to is None:
         return
     for module in patcher.model.inner.modules():
-        if hasattr(module, "comfy_cast_weights"):
-            continue
+        if hasattr(module, "comfy_cast_weights") or getattr(module, "on_host", False):
+            continue  # ComfyUI's own layers, and the embedding table the memory plan keeps in system memory
         for name, p in list(module.named_parameters(recurse=False)):
             if p.device != device_to:
                 module._parameters[name] = torch.nn.Parameter(p.to(device_to), requires_grad=False)
@@ -83,11 +83,20 @@ def image_tokenizer_patcher_class() -> type:
     return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)  # 0.3.75: none
 
 
+def device_bytes(model: torch.nn.Module) -> int:
+    """What loading `model` puts on the GPU, as ComfyUI should count it: quantized weights at their stored
+    size (buffers), without the embedding table the memory plan keeps in system memory."""
+    skip = {id(t) for m in model.modules() if getattr(m, "on_host", False)
+            for t in list(m.parameters()) + list(m.buffers())}
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in skip}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def wrap(model: torch.nn.Module, patcher_class: type | None = None) -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher for an engine model whose weights sit on the offload device."""
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     cls = patcher_class or transformer_patcher_class()
-    patcher = cls(PatcherModule(model, offload_device), load_device, offload_device)
+    patcher = cls(PatcherModule(model, offload_device), load_device, offload_device, size=device_bytes(model))
     patcher.add_callback(CallbacksMP.ON_LOAD, _follow_load_device)
     return patcher
 
@@ -97,7 +106,8 @@ def generation_bytes(engine, rows: int, tokens: int, window: int = 1, prefill_ch
     prefill's activations (one cond + one uncond stream, a chunk at a time) and the code logits."""
     cfg, dtype = engine.config, engine.compute_dtype
     element = torch.tensor([], dtype=dtype).element_size()
-    kv = KVCache.estimate_bytes(cfg, rows, tokens, dtype)
+    # the Sampler sets the cache format (memory plan) before loading: an int8 cache needs about half
+    kv = KVCache.estimate_bytes(cfg, rows, tokens, dtype, getattr(engine, "kv_cache_format", None) or "bf16")
     chunk = min(tokens, prefill_chunk)
     activations = 2 * chunk * (3 * cfg.intermediate_size + 6 * cfg.hidden_size) * element
     logits = 4 * rows * window * engine.tokenizer.special.num_image_codes * 4

@@ -115,3 +115,25 @@ def test_dynamic_vram_as_comfyui_033_starts_on_a_gpu(nodes, monkeypatch):
     assert torch.equal(got.codes, want.codes)
     pixels = nodes.decode.Decode.execute(got, vq, "output").args[0]
     assert torch.allclose(pixels, want_pixels, atol=1e-3)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_quantized_model_loads_partially_with_identical_codes(nodes, quantization):
+    """Low-VRAM partial loading of a quantized model: ComfyUI leaves some quantized layers in system memory
+    (comfy_cast_weights) and they are copied in per call; the codes equal those of the full load."""
+    import comfy.model_management as mm
+    from lumina_pack.lumina_core import generate
+    device = mm.get_torch_device()
+    model = nodes.loaders.ModelLoader.execute(TINY_CHECKPOINT, "auto", "sdpa", quantization).args[0]
+    full = sample(nodes, model, seed=3, size=128).codes
+    patcher = model.patcher
+    mm.free_memory(10 * mm.get_total_memory(device), device)
+    patcher.patch_model(device_to=device, lowvram_model_memory=64 << 10)
+    try:
+        offloaded = [m for m in model.engine.modules() if getattr(m, "comfy_cast_weights", False)]
+        assert patcher.model.model_lowvram and offloaded
+        assert any(b.device.type == "cpu" for m in offloaded for b in m.buffers())
+        partial = generate(model.engine, "a red circle", 128, 128, seed=3, batch_size=2, cfg=4.0, top_k=4096).codes
+        assert torch.equal(partial, full)
+    finally:
+        patcher.unpatch_model(patcher.offload_device)
