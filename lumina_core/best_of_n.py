@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -91,13 +92,16 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
               scorer=None, chunk_size: int | None = None, memory_budget: int | None = None,
               image_tokenizer=None, decoder=None, task: str = "t2i", condition_image=None,
               condition_codes=None, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-              **generate_kwargs) -> BestOfNResult:
+              generate_fn=None, chunk_size_fn=None, **generate_kwargs) -> BestOfNResult:
     """Generate n candidates (seeds seed..seed+n-1), score them with `scorer` (default: the model's own
     likelihood) and return all of them with their scores and the best index.
 
     chunk_size: candidates per batch; None picks the largest that fits `memory_budget` bytes (default:
     the free GPU memory, or half the free RAM on CPU). Other keywords go to `generate` (cfg, top_k, ...).
     image_tokenizer: the MoVQGAN; needed for condition images and for scorers that look at images.
+    generate_fn / chunk_size_fn: how candidates are generated (default `generate` on `model`) and how many fit at
+    once (default `chunk_size_for(model, max_len, use_cfg, window, n)`): a tensor-parallel worker group passes
+    its own, so scoring and selection are the same code everywhere.
     """
     if n < 1:
         raise InputError(f"best-of-N needs n >= 1 candidates, got {n}")
@@ -114,19 +118,20 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
     opts_cfg = generate_kwargs["sampling"].cfg if generate_kwargs.get("sampling") else generate_kwargs.get("cfg", 4.0)
     window = getattr(decoder, "window", 2)
     if chunk_size is None:
-        chunk_size = chunk_size_for(model, plan.total_tokens + window, opts_cfg != 1.0, window, n, memory_budget)
+        fit = chunk_size_fn or partial(chunk_size_for, model, memory_budget=memory_budget)
+        chunk_size = fit(plan.total_tokens + window, opts_cfg != 1.0, window, n)
     elif chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     seeds = rng.seed_sequence(seed, n)
+    run = generate_fn or partial(generate, model)
     chunks = [seeds[a:a + chunk_size] for a in range(0, n, chunk_size)]
     codes, scores, images, stats = [], [], [], []
     for index, chunk in enumerate(chunks):
         def chunk_progress(rows, total, so_far, _offset=index):
             if progress is not None:
                 progress(_offset * total + rows, len(chunks) * total, so_far)
-        res = generate(model, prompt, width, height, task=task, seeds=chunk, decoder=decoder,
-                       condition_codes=condition_codes, image_tokenizer=image_tokenizer,
-                       progress=chunk_progress, cancel=cancel, **generate_kwargs)
+        res = run(prompt, width, height, task=task, seeds=chunk, decoder=decoder, condition_codes=condition_codes,
+                  image_tokenizer=image_tokenizer, progress=chunk_progress, cancel=cancel, **generate_kwargs)
         panels = decode_images(image_tokenizer, res.panel_codes()) if scorer.needs_images else None
         scores.append(scorer.score(prompt, res, panels).float().cpu())
         codes.append(res.codes)

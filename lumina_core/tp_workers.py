@@ -29,6 +29,7 @@ import time
 import traceback
 import weakref
 from dataclasses import asdict
+from functools import partial
 from multiprocessing.connection import Client, Listener, wait
 
 import torch
@@ -473,50 +474,17 @@ class TPWorkers:
                                 prompt=plan.text, stats=stats)
 
     def best_of_n(self, prompt: str, width: int = 768, height: int = 768, *, n: int = 4, seed: int = 0,
-                  scorer=None, chunk_size: int | None = None, image_tokenizer=None, decoder=None, task="t2i",
-                  condition_codes=None, condition_image=None, progress=None, cancel=None, **generate_kwargs):
-        """lumina_core.best_of_n with candidates generated on the workers and scored here."""
-        from . import rng
-        from .best_of_n import BestOfNResult
-        from .generate import decode_images, encode_condition, plan_request
-        from .scorers import LikelihoodScorer
-        if n < 1:
-            raise InputError(f"best-of-N needs n >= 1 candidates, got {n}")
-        scorer = scorer or LikelihoodScorer()
-        if scorer.needs_images and image_tokenizer is None:
-            raise InputError(f"the {scorer.name} scorer looks at images: pass image_tokenizer (the MoVQGAN)")
-        if condition_image is not None:  # encode once, not once per chunk
-            if condition_codes is not None:
-                raise InputError("pass either condition_image or condition_codes, not both")
-            condition_codes = encode_condition(image_tokenizer, condition_image, width, height // 2)
-        plan = plan_request(self, prompt, width, height, task, condition_codes=condition_codes,
-                            subject_description=generate_kwargs.get("subject_description"))
-        sampling = generate_kwargs.get("sampling")
-        use_cfg = (sampling.cfg if sampling is not None else generate_kwargs.get("cfg", 4.0)) != 1.0
-        window = getattr(decoder, "window", 2)
-        if not chunk_size:
-            chunk_size = self._request("chunk_size", {"max_len": plan.total_tokens + window, "use_cfg": use_cfg,
-                                                      "window": window, "n": n})["chunk_size"]
-        seeds = rng.seed_sequence(seed, n)
-        chunks = [seeds[a:a + chunk_size] for a in range(0, n, chunk_size)]
-        codes, scores, images, stats = [], [], [], []
-        for index, chunk in enumerate(chunks):
-            def chunk_progress(rows, total, so_far, _offset=index):
-                if progress is not None:
-                    progress(_offset * total + rows, len(chunks) * total, so_far)
-            res = self.generate(prompt, width, height, task=task, seeds=chunk, decoder=decoder,
-                                condition_codes=condition_codes, progress=chunk_progress, cancel=cancel,
-                                **generate_kwargs)
-            panels = decode_images(image_tokenizer, res.panel_codes()) if scorer.needs_images else None
-            scores.append(scorer.score(prompt, res, panels).float().cpu())
-            codes.append(res.codes)
-            stats.append(res.stats)
-            if panels is not None:
-                images.append(panels)
-        all_scores = torch.cat(scores)
-        return BestOfNResult(codes=torch.cat(codes), scores=all_scores, seeds=seeds,
-                             best_index=int(all_scores.argmax()), chunk_size=chunk_size, layout=plan.layout,
-                             task=plan.task, images=torch.cat(images) if images else None, stats=stats)
+                  scorer=None, chunk_size: int | None = None, speed: dict | None = None, **kwargs):
+        """lumina_core.best_of_n with candidates generated on the workers and scored here; chunk_size 0 or
+        None: as many as fit the rank with the least room."""
+        from .best_of_n import best_of_n
+
+        def fit(max_len, use_cfg, window, n):
+            return self._request("chunk_size", {"max_len": max_len, "use_cfg": use_cfg, "window": window,
+                                                "n": n})["chunk_size"]
+
+        return best_of_n(self, prompt, width, height, n=n, seed=seed, scorer=scorer, chunk_size=chunk_size or None,
+                         generate_fn=partial(self.generate, speed=speed), chunk_size_fn=fit, **kwargs)
 
 
 def _sjd_settings(decoder) -> dict | None:
