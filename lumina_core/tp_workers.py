@@ -393,7 +393,11 @@ class TPWorkers:
                     raise self._died(rank, "while working") from None
                 if msg[0] == "progress":
                     if progress is not None and interrupted is None:
-                        progress(msg[1], msg[2], msg[3])
+                        try:
+                            progress(msg[1], msg[2], msg[3])
+                        except BaseException as e:  # a host's progress hook raises its interrupt (ComfyUI does):
+                            interrupted = e         # stop the workers below and wait for their replies first,
+                            #                         or this run's replies would answer the next request
                 else:
                     replies[rank] = msg
                     if msg[0] == "error" and deadline_error is None:  # the others get a moment to fail alike
@@ -401,11 +405,13 @@ class TPWorkers:
             for rank, proc in enumerate(p.procs):
                 if replies[rank] is None and proc.poll() is not None:
                     raise self._died(rank, "while working")
-            if cancel is not None and not stop_sent:
-                try:
-                    stop = cancel()
-                except BaseException as e:  # a host's interrupt exception: stop the workers, then raise it
-                    interrupted, stop = e, True
+            if not stop_sent and (interrupted is not None or cancel is not None):
+                stop = interrupted is not None
+                if not stop:
+                    try:
+                        stop = cancel()
+                    except BaseException as e:  # a host's interrupt exception: stop the workers, then raise it
+                        interrupted, stop = e, True
                 if stop:
                     _send(p.conns[0], ("cancel",))
                     stop_sent = True

@@ -126,6 +126,22 @@ def test_a_host_interrupt_is_raised_after_the_workers_stopped(group):
     assert group.generate("a red circle", 32, 32, seed=1, **KW).codes.shape == (1, 4, 4)
 
 
+def test_an_interrupt_raised_by_the_progress_hook_leaves_the_workers_in_step(group, reference):
+    """ComfyUI's progress hook raises its interrupt when the user presses Cancel: the workers must be stopped
+    and their replies taken, or the next request would receive this run's codes."""
+    class Interrupted(Exception):
+        pass
+
+    def progress(rows, total, codes):
+        raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        group.generate("a red circle", 64, 64, seed=3, progress=progress, **KW)
+    got = group.generate("a red circle", 32, 32, seed=4, **KW).codes
+    assert got.shape == (1, 4, 4)
+    assert torch.equal(got, generate(reference, "a red circle", 32, 32, seed=4, **KW).codes)
+
+
 def test_a_worker_killed_mid_generation_gives_a_clear_error_and_stops_the_others(group):
     """Rank 1 dies after the first row while rank 0 waits for it in a collective."""
     pids = list(group.pids)
