@@ -70,8 +70,8 @@ class ModelLoader(io.ComfyNode):
                                        "cards keep bf16 weights, 16 GB int8, 12 GB int4 with the embedding table in "
                                        "system memory. none: weights in 'dtype'. int8: linear weights quantized per "
                                        "output channel (half of bf16). int4: group-wise 4-bit (a quarter; the head "
-                                       "stays int8). Activations stay in 'dtype'; quantized models load whole (no "
-                                       "low-VRAM partial loading). A folder written by Save Quantized loads in its "
+                                       "stays int8). Activations stay in 'dtype'. When even that does not fit, ComfyUI keeps some layers "
+                                       "in system memory and copies them in at every token (it runs, slowly). A folder written by Save Quantized loads in its "
                                        "own format (auto or that format). Optional: workflows saved before it "
                                        "existed still load."),
             ],
@@ -79,14 +79,14 @@ class ModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, checkpoint: str, dtype: str, attention: str, quantization: str = "none") -> bool | str:
+    def validate_inputs(cls, checkpoint: str, dtype: str, attention: str, quantization: str = "auto") -> bool | str:
         return first_problem(choice_problem("checkpoint", checkpoint, list_transformers(model_folders())),
                              choice_problem("dtype", dtype, ["auto", *memory.DTYPES]),
                              choice_problem("attention", attention, ATTENTION_BACKENDS),
                              choice_problem("quantization", quantization, LOADER_QUANTIZATIONS))
 
     @classmethod
-    def execute(cls, checkpoint: str, dtype: str, attention: str, quantization: str = "none") -> io.NodeOutput:
+    def execute(cls, checkpoint: str, dtype: str, attention: str, quantization: str = "auto") -> io.NodeOutput:
         folder = resolve(checkpoint, list_transformers(model_folders()), "checkpoint", model_folders())
         load_device = mm.get_torch_device()
         weight, compute = memory.pick_dtypes(dtype, load_device, _weights_bytes(folder) // 2)
@@ -117,7 +117,7 @@ class ModelLoader(io.ComfyNode):
             chosen = quantization if quantization != "auto" else "none"
             why = "auto: system memory keeps the float weights" if quantization == "auto" else "chosen"
             return chosen, "device", f"{chosen} weights ({why})"
-        plan, note = plan_for_loading(read_config(folder), mm.get_free_memory(load_device), quantization, compute)
+        plan, note = plan_for_loading(read_config(folder), memory.freeable_bytes(load_device), quantization, compute)
         log.info("Lumina-mGPT 2.0: %s", note)
         return plan.weights, plan.embeddings, f"{plan.weights} weights, embeddings on the {plan.embeddings} ({note})"
 

@@ -101,6 +101,13 @@ def wrap(model: torch.nn.Module, patcher_class: type | None = None) -> comfy.mod
     return patcher
 
 
+def freeable_bytes(device) -> int:
+    """What the memory plan may count on: the device's free memory plus what the models ComfyUI holds there
+    take (it evicts them when ours needs the room, ours included when it is loaded already)."""
+    held = sum(lm.model_loaded_memory() for lm in mm.current_loaded_models if lm.device == device)
+    return int(mm.get_free_memory(device) + held)
+
+
 def generation_bytes(engine, rows: int, tokens: int, window: int = 1, prefill_chunk: int = 1024) -> int:
     """Memory a generation needs besides the weights: the KV cache of `rows` streams of `tokens`, the
     prefill's activations (one cond + one uncond stream, a chunk at a time) and the code logits."""

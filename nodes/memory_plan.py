@@ -8,6 +8,7 @@ import comfy.model_management as mm
 
 from ..lumina_core.planner import kv_cache_for
 from ..lumina_core.quant import weight_format
+from .memory import freeable_bytes
 from .validation import choice_problem, require
 
 log = logging.getLogger(__name__)
@@ -18,11 +19,6 @@ KV_TOOLTIP = ("KV cache (what was painted so far, 9.2 GB in bf16 for a 768x768 i
               "scale and zero per token and head; on the demo model 8 of 10 greedy images are identical to "
               "bf16's, as many as rounding the cache to bf16 gives). bf16: the compute dtype. int8: always "
               "8-bit. Optional: workflows saved before it existed use auto.")
-
-
-def _bytes_on(model, device) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
-               if t.device == device)
 
 
 def kv_cache_format(choice: str, engine, width: int, height: int, images: int, guidance: bool, window: int,
@@ -37,7 +33,7 @@ def kv_cache_format(choice: str, engine, width: int, height: int, images: int, g
     elif device.type != "cuda":
         fmt, note = "bf16", "bf16 cache (auto: system memory, the compute-dtype cache)"
     else:
-        free = mm.get_free_memory(device) + _bytes_on(engine, device)
+        free = freeable_bytes(device)
         fmt, note = kv_cache_for(engine, width, height, free, batch=images, guidance=guidance, window=window,
                                  prompt_tokens=prompt_tokens)
         note = f"{fmt} cache (auto): {note}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..lumina_core.model import ATTENTION_BACKENDS
@@ -79,5 +80,8 @@ class MultiGPULoader(io.ComfyNode):
     def execute(cls, checkpoint: str, devices: str, dtype: str, quantization: str,
                 attention: str = "sdpa") -> io.NodeOutput:
         folder = resolve(checkpoint, list_transformers(model_folders()), "checkpoint", model_folders())
+        # the workers are processes of their own that ComfyUI's memory manager does not see: make room first
+        mm.unload_all_models()
+        mm.soft_empty_cache()
         workers = TPWorkers(folder, devices, dtype=dtype, quantization=quantization, attention=attention)
         return io.NodeOutput(MultiGPUModel(workers, checkpoint, preview_palette=workers.palette))

@@ -132,8 +132,12 @@ class Sampler(io.ComfyNode):
             step, note = step_function(speed, engine)  # after loading: CUDA graphs need the weights in place
             if note:
                 log.info("Lumina-mGPT 2.0: %s", note)
-        elif extra:
-            mm.load_models_gpu(extra)
+        else:
+            if kv_cache == "int8":  # the workers size and hold their own caches, in the compute dtype
+                raise InputError("kv_cache int8 is not available with the Multi-GPU Loader yet: set kv_cache to "
+                                 "auto or bf16 (splitting the model over cards already divides the cache).")
+            if extra:
+                mm.load_models_gpu(extra)
         # SJD's forwards are counted for the live tokens-per-forward figure (the workers report theirs at the end)
         forwards = CountingForward(step) if sjd is not None and step is not None else None
         decoder = prepared.decoder(forwards or step)

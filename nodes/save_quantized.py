@@ -56,6 +56,10 @@ class SaveQuantized(io.ComfyNode):
         problem = name_problem(folder_name)
         if problem:
             raise InputError(problem)
+        if getattr(model, "workers", None) is not None:
+            raise InputError("Save Quantized takes the Model Loader's model, not the Multi-GPU Loader's (its "
+                             "weights are split over worker processes): load the checkpoint with the Model Loader "
+                             "and quantization int8 or int4, save it, then load the saved folder on several GPUs.")
         engine = model.engine
         fmt = weight_format(engine)
         if fmt == "none":

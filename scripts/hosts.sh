@@ -33,7 +33,9 @@ host_source() {
   case "$1" in
     0.33.0)
       if [ -f "$(shared_hosts_dir)/$HOST_TARBALL_0330" ]; then echo tarball
-      elif command -v git >/dev/null 2>&1 && [ "${LUMINA_OFFLINE:-0}" != 1 ]; then echo github
+      # a clone that failed once is not retried on every start (delete .comfy/0.33.0/.unreachable to retry)
+      elif command -v git >/dev/null 2>&1 && [ "${LUMINA_OFFLINE:-0}" != 1 ] \
+          && [ ! -f "$(host_home 0.33.0)/.unreachable" ]; then echo github
       else echo none; fi ;;
     0.3.75) echo pypi ;;
     *) echo none ;;

