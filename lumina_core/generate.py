@@ -73,6 +73,18 @@ def plan_request(model, prompt: str, width: int, height: int, task="t2i", *, tok
                         subject_description=subject_description)
 
 
+def sampling_and_seeds(sampling: SamplingOptions | None, seeds, seed: int, batch_size: int,
+                       **loose) -> tuple[SamplingOptions, list[int]]:
+    """The checked sampling options (`sampling`, else built from the loose keywords) and each image's seed
+    (`seeds`, else seed, seed+1, ... for batch_size images)."""
+    opts = (sampling or SamplingOptions(**loose)).validated()
+    if seeds is None:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        seeds = rng.seed_sequence(seed, batch_size)
+    return opts, seeds
+
+
 def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: str = "t2i",
              seed: int = 0, batch_size: int = 1, seeds: list[int] | None = None,
              cfg: float = 4.0, top_k: int = 4096, temperature: float = 1.0, top_p: float = 1.0,
@@ -87,13 +99,9 @@ def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: s
     decoder: None for plain decoding, or a decoding strategy object with a `.sample(...)` method
     (e.g. `SJDecoder`), called with the same arguments as `sample_plain`.
     """
-    opts = (sampling or SamplingOptions(cfg=cfg, top_k=top_k, temperature=temperature, top_p=top_p,
-                                        top_n_sigma=top_n_sigma, cfg_mode=cfg_mode,
-                                        guidance_top_k=guidance_top_k)).validated()
-    if seeds is None:
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        seeds = rng.seed_sequence(seed, batch_size)
+    opts, seeds = sampling_and_seeds(sampling, seeds, seed, batch_size, cfg=cfg, top_k=top_k,
+                                     temperature=temperature, top_p=top_p, top_n_sigma=top_n_sigma,
+                                     cfg_mode=cfg_mode, guidance_top_k=guidance_top_k)
     plan = plan_request(model, prompt, width, height, task, tokenizer=tokenizer, condition_codes=condition_codes,
                         condition_image=condition_image, image_tokenizer=image_tokenizer,
                         subject_description=subject_description)

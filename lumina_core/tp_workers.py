@@ -454,21 +454,15 @@ class TPWorkers:
                  image_tokenizer=None):
         """lumina_core.generate on the workers; returns a GenerationResult. speed: the Speed Settings
         (cuda_graphs, compile_layers, bucket), applied by every worker to its own shard."""
-        from . import rng
-        from .generate import GenerationResult, encode_condition, plan_request
-        from .logits import SamplingOptions
+        from .generate import GenerationResult, encode_condition, plan_request, sampling_and_seeds
         from .sampler import DecodeStats
         if condition_image is not None:  # encoded here: the workers hold only the transformer
             if condition_codes is not None:
                 raise InputError("pass either condition_image or condition_codes, not both")
             condition_codes = encode_condition(image_tokenizer, condition_image, width, height // 2)
-        opts = (sampling or SamplingOptions(cfg=cfg, top_k=top_k, temperature=temperature, top_p=top_p,
-                                            top_n_sigma=top_n_sigma, cfg_mode=cfg_mode,
-                                            guidance_top_k=guidance_top_k)).validated()
-        if seeds is None:
-            if batch_size < 1:
-                raise InputError(f"batch_size must be >= 1, got {batch_size}")
-            seeds = rng.seed_sequence(seed, batch_size)
+        opts, seeds = sampling_and_seeds(sampling, seeds, seed, batch_size, cfg=cfg, top_k=top_k,
+                                         temperature=temperature, top_p=top_p, top_n_sigma=top_n_sigma,
+                                         cfg_mode=cfg_mode, guidance_top_k=guidance_top_k)
         plan = plan_request(self, prompt, width, height, task, condition_codes=condition_codes,
                             subject_description=subject_description)  # bad requests fail here, not in the workers
         req = {"prompt": prompt, "width": width, "height": height, "task": plan.task.name, "seeds": list(seeds),
