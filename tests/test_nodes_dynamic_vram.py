@@ -34,8 +34,8 @@ def test_host_has_dynamic_vram_or_says_it_has_none(nodes):
 
 @pytest.mark.parametrize("checkpoint", [TINY_CHECKPOINT, DEMO])
 def test_loader_gives_the_same_codes_with_dynamic_vram_layers(nodes, checkpoint, monkeypatch):
-    if nodes.compat.DYNAMIC_PATCHER is None:  # 0.3.75: no lazy layers to load into (the test above says so)
-        return
+    if nodes.compat.DYNAMIC_PATCHER is None:  # reported as skipped, not passed: scripts/test.sh runs it on 0.33
+        pytest.skip(f"ComfyUI {nodes.compat.COMFYUI_VERSION} has no dynamic VRAM (no lazy layers to load into)")
     import comfy.memory_management
     import comfy.ops
     plain = nodes.loaders.ModelLoader.execute(checkpoint, "auto", "sdpa").args[0]
