@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from lumina_core import SamplingOptions, best_of_n, generate  # noqa: E402
 from lumina_core.generate import GenerationResult  # noqa: E402
 from lumina_core.sampler import DecodeStats  # noqa: E402
+from lumina_core.scorers import CLIPScorer  # noqa: E402
 from lumina_core.sjd import SJDecoder  # noqa: E402
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle to the left of a yellow circle",
@@ -85,20 +86,22 @@ def print_forwards(rows, label, size, seeds):
 
 
 # ----------------------------------------------------------------------------- shapes-eval rows
-def register_methods(window: int):
-    """Add SJD and best-of-N (likelihood scorer) as bench.shapes_eval methods."""
+def register_methods(window: int, movqgan=None, verifier: str | None = None):
+    """Add SJD and best-of-N (likelihood scorer; with `verifier`, a CLIP folder, also the CLIP scorer) as
+    bench.shapes_eval methods."""
     from bench import shapes_eval
 
     def sjd(model, prompt, *, task, width, height, seeds, sampling, condition_codes=None):
         return generate(model, prompt, width, height, task=task, seeds=seeds, sampling=sampling,
                         condition_codes=condition_codes, decoder=SJDecoder(window=window))
 
-    def best_of(n):
+    def best_of(n, scorer=None):
         def method(model, prompt, *, task, width, height, seeds, sampling, condition_codes=None):
             picked, forwards = [], 0
             for s in seeds:  # candidates s*n .. s*n+n-1: disjoint across requested seeds
                 out = best_of_n(model, prompt, width, height, n=n, seed=s * n, chunk_size=n, task=task,
-                                sampling=sampling, condition_codes=condition_codes)
+                                sampling=sampling, condition_codes=condition_codes, scorer=scorer,
+                                image_tokenizer=movqgan)
                 picked.append(out.best_codes)
                 forwards += sum(st.forwards for st in out.stats)
             return GenerationResult(codes=torch.cat(picked), layout=out.layout, task=out.task, seeds=list(seeds),
@@ -108,6 +111,10 @@ def register_methods(window: int):
     shapes_eval.register_method(f"sjd{window}", sjd)
     shapes_eval.register_method("best_of_4", best_of(4))
     shapes_eval.register_method("best_of_8", best_of(8))
+    if verifier is not None:  # the demo's CLIP verifier, through the pack's CLIP scorer
+        clip = CLIPScorer(verifier, device="cpu")
+        shapes_eval.register_method("best_of_4_clip", best_of(4, clip))
+        shapes_eval.register_method("best_of_8_clip", best_of(8, clip))
     return shapes_eval
 
 
@@ -119,7 +126,8 @@ def main(argv=None):
     p.add_argument("--shapes-eval", action="store_true", help="also shapes-eval rows (needs the demo model)")
     p.add_argument("--n", type=int, default=20, help="shapes-eval images per category")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="shapes-eval methods (default: plain, sjd<window>, best_of_4, best_of_8)")
+                   help="shapes-eval methods (default: plain, sjd<window>, best_of_4, best_of_8; "
+                        "best_of_4_clip / best_of_8_clip score with the demo's CLIP verifier)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (more only add contention for tiny models)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -130,7 +138,9 @@ def main(argv=None):
     if a.shapes_eval:
         if movqgan is None:
             sys.exit("shapes-eval needs the demo model: build it first (python -m demo.build_demo)")
-        se = register_methods(a.window)
+        from demo import DEMO_ROOT, DEMO_VERIFIER
+        verifier = os.path.join(DEMO_ROOT, DEMO_VERIFIER)
+        se = register_methods(a.window, movqgan, verifier if os.path.isdir(verifier) else None)
         opts = sampling_settings(defaults)["sampled"]
         cases = se.build_cases(a.n)
         results = []

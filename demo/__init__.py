@@ -16,6 +16,7 @@ DEMO_ROOT = os.path.join(REPO_ROOT, "demo_model")
 DEMO_MODEL_NAME = "lumina-mgpt2-shapes-demo"
 DEMO_CHECKPOINT = os.path.join(DEMO_ROOT, DEMO_MODEL_NAME)
 DEMO_MOVQGAN = os.path.join(DEMO_ROOT, "movqgan_shapes_demo.safetensors")
+DEMO_VERIFIER = "shapes-verifier-clip"   # CLIP folder next to the checkpoint (best-of-N scorer)
 GENERATION_CONFIG = "generation_config.json"
 
 

@@ -4,18 +4,25 @@
     demo_model/lumina-mgpt2-shapes-demo/                transformer checkpoint folder (released layout)
         config.json  model.safetensors (fp16)  tokenizer.json  tokenizer_config.json
         generation_config.json (recommended sampling)  README.md (model card)  training_report.json
+    demo_model/shapes-verifier-clip/                    best-of-N verifier: a transformers CLIP folder
 
-    python -m demo.build_demo                    # the full recipe on CPU (2 threads)
+    python -m demo.build_demo                    # the full recipe on CPU (2 threads), resumes if interrupted
     python -m demo.build_demo --device cuda      # the same recipe on a GPU, much faster
-    python -m demo.build_demo --out /tmp/d --movqgan-steps 20 --transformer-steps 20   # smoke run
+    python -m demo.build_demo --fresh            # forget the snapshots, train every stage from scratch
+    python -m demo.build_demo --out /tmp/d --movqgan-steps 20 --decoder-steps 5 --transformer-steps 20 \
+        --verifier-steps 20                      # smoke run
 
-Every stage is seeded; data is generated on the fly from (seed, step).
+Every stage is seeded; data is generated on the fly from (seed, step), so a resumed stage sees the
+same data as an uninterrupted one. Each stage writes a snapshot (weights, optimiser, step, losses)
+to <out>/.build/ every --snapshot-every steps; run the same command again after an interruption and
+it goes on from the last snapshot (stages already finished are loaded, not retrained).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict
 
@@ -24,8 +31,8 @@ import torch
 from lumina_core import MoVQGAN, TextTokenizer
 from lumina_core.checkpoint_writer import save_tokenizer
 
-from . import DEMO_MODEL_NAME, DEMO_MOVQGAN, DEMO_ROOT, GENERATION_CONFIG
-from . import train_movqgan, train_transformer
+from . import DEMO_MODEL_NAME, DEMO_MOVQGAN, DEMO_ROOT, DEMO_VERIFIER, GENERATION_CONFIG
+from . import train_movqgan, train_transformer, train_verifier
 from .shapes import COLOUR_NAMES, HELD_OUT, REGIONS, SHAPES
 from .train_tokenizer import build_tokenizer
 
@@ -72,8 +79,18 @@ their real names), `tokenizer_config.json`, and the MoVQGAN next to this folder:
   Reconstruction on fresh shape images: {psnr:.1f} dB PSNR, {used}/{codes} codes used.
 - Transformer: {tf_steps} steps x {tf_batch} sequences, 10% text dropout (for CFG), {dual:.0%} of steps on
   the dual-panel tasks; training loss over the last 100 steps {loss:.3f} (after {tf_done} steps).
-- Trained on {device} in {minutes:.1f} min. Quality tables: BENCHMARKS.md in the pack.
+- Verifier for best-of-N (`../{verifier}/`, a transformers CLIP folder): {verifier_line}
+- Trained on {device} in {minutes:.1f} min (all stages, all runs). Quality tables: BENCHMARKS.md in the pack.
 """
+
+
+def _verifier_line(v: dict | None) -> str:
+    if not v:
+        return "not trained yet (this is an early snapshot)."
+    return (f"{v['params'] / 1e6:.1f}M parameters, {v['config']['steps']} steps x {v['config']['batch']} images, "
+            f"contrastive with one hard negative caption per image; ranks the true caption above a hard "
+            f"negative on {v['held_out_scenes']['true_caption_ranked_first']:.0%} of unseen scenes and "
+            f"{v['held_out_triples']['true_caption_ranked_first']:.0%} of held-out-triple scenes.")
 
 
 def write_model_card(folder: str, report: dict) -> None:
@@ -85,19 +102,29 @@ def write_model_card(folder: str, report: dict) -> None:
         vq_batch=report["movqgan_config"]["batch"], dec_steps=report["movqgan_config"]["decoder_steps"], psnr=report["movqgan"]["psnr_mean"],
         used=report["movqgan"]["codes_used"], tf_steps=report["transformer_config"]["steps"],
         tf_batch=report["transformer_config"]["batch"], dual=report["transformer_config"]["dual_share"],
-        loss=report["transformer_final_loss"], tf_done=report["transformer_steps_done"], device=report["device"], minutes=report["seconds"] / 60)
+        loss=report["transformer_final_loss"], tf_done=report["transformer_steps_done"], device=report["device"], minutes=report["seconds"] / 60,
+        verifier=DEMO_VERIFIER, verifier_line=_verifier_line(report.get("verifier")))
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
         f.write(text)
 
 
-def _report(device, t0, seed, vq_cfg, vq_stats, tf_cfg, model, losses) -> dict:
+def loss_curve(losses: list[float], points: int = 200) -> list[float]:
+    """The loss curve averaged down to at most `points` values (kept in the report for the plot)."""
+    if not losses:
+        return []
+    chunk = max(1, -(-len(losses) // points))
+    return [sum(losses[i:i + chunk]) / len(losses[i:i + chunk]) for i in range(0, len(losses), chunk)]
+
+
+def _report(device, seconds, seed, vq_cfg, vq_stats, tf_cfg, model, losses, curves, verifier=None) -> dict:
     tail = losses[-min(100, len(losses)):]
     return {
-        "device": str(device), "seconds": time.perf_counter() - t0, "seed": seed,
+        "device": str(device), "seconds": sum(seconds.values()), "stage_seconds": seconds, "seed": seed,
         "movqgan_config": asdict(vq_cfg), "movqgan": vq_stats,
         "transformer_config": asdict(tf_cfg), "transformer_steps_done": len(losses),
         "transformer_params": sum(p.numel() for p in model.parameters()),
         "transformer_final_loss": sum(tail) / len(tail), "torch": torch.__version__,
+        "verifier": verifier, "loss_curves": curves,
     }
 
 
@@ -109,52 +136,89 @@ def write_checkpoint(folder: str, model, report: dict) -> None:
     write_model_card(folder, report)
 
 
+STATE_DIR = ".build"   # snapshots of every stage, inside the output folder (not shipped)
+
+
 def build(out_root: str = DEMO_ROOT, device: str = "cpu", movqgan_steps: int | None = None,
-          transformer_steps: int | None = None, seed: int = 0, reuse_movqgan: bool = False,
-          snapshot_every: int = 0, log=print) -> dict:
-    """Train every stage and write the shipped files. reuse_movqgan: keep the MoVQGAN already in
-    out_root (retrain only tokenizer and transformer). snapshot_every: also write the checkpoint
-    every that many transformer steps, so a usable early version exists while training goes on."""
-    t0 = time.perf_counter()
+          transformer_steps: int | None = None, verifier_steps: int | None = None, seed: int = 0,
+          reuse_movqgan: bool = False, snapshot_every: int = 200, fresh: bool = False, log=print,
+          decoder_steps: int | None = None) -> dict:
+    """Train every stage and write the shipped files, resuming from the snapshots in <out_root>/.build/.
+    reuse_movqgan: keep the MoVQGAN already in out_root (retrain only tokenizer, transformer, verifier).
+    fresh: delete the snapshots first. The checkpoint folder is also written at every transformer
+    snapshot, so a usable early version exists while training goes on."""
     folder = os.path.join(out_root, DEMO_MODEL_NAME)
     movqgan_path = os.path.join(out_root, os.path.basename(DEMO_MOVQGAN))
+    state = os.path.join(out_root, STATE_DIR)
+    if fresh:
+        shutil.rmtree(state, ignore_errors=True)
     os.makedirs(folder, exist_ok=True)
+    seconds, curves = {}, {}
 
     vq_cfg = train_movqgan.MoVQGANTrainConfig(seed=seed)
     if movqgan_steps is not None:
         vq_cfg.steps = movqgan_steps
+    if decoder_steps is not None:
+        vq_cfg.decoder_steps = decoder_steps
     if reuse_movqgan:
-        log(f"[1/3] MoVQGAN: reusing {movqgan_path}")
+        log(f"[1/4] MoVQGAN: reusing {movqgan_path}")
     else:
-        log(f"[1/3] MoVQGAN: {vq_cfg}")
-        movqgan, _ = train_movqgan.train(vq_cfg, device=device, log=log)
+        log(f"[1/4] MoVQGAN: {vq_cfg}")
+        movqgan, vq_losses, seconds["movqgan"] = train_movqgan.train(
+            vq_cfg, device=device, log=log, state_path=os.path.join(state, "movqgan.pt"),
+            snapshot_every=snapshot_every)
+        curves["movqgan"] = loss_curve(vq_losses)
         train_movqgan.save(movqgan, movqgan_path)
         if vq_cfg.decoder_steps:  # from the saved fp16 weights, so the codes are the shipped ones
-            movqgan, _ = train_movqgan.finetune_decoder(MoVQGAN.from_file(movqgan_path), vq_cfg, device, log)
+            movqgan, dec_losses, seconds["movqgan_decoder"] = train_movqgan.finetune_decoder(
+                MoVQGAN.from_file(movqgan_path), vq_cfg, device, log,
+                state_path=os.path.join(state, "movqgan_decoder.pt"), snapshot_every=snapshot_every)
+            curves["movqgan_decoder"] = loss_curve(dec_losses)
             train_movqgan.save(movqgan, movqgan_path)
     # the fp16 file that ships: transformer training codes are exactly what users' encoder gives
     shipped_vq = MoVQGAN.from_file(movqgan_path)
     vq_stats = train_movqgan.reconstruction_stats(shipped_vq)
     log(f"      reconstruction: {vq_stats}")
 
-    log("[2/3] tokenizer")
+    log("[2/4] tokenizer")
     save_tokenizer(folder, build_tokenizer(shipped_vq.num_codes, seed=seed))
     tokenizer = TextTokenizer.from_pretrained(folder)
 
     tf_cfg = train_transformer.TransformerTrainConfig(seed=seed)
     if transformer_steps is not None:
         tf_cfg.steps = transformer_steps
-    log(f"[3/3] transformer: {tf_cfg}")
+    log(f"[3/4] transformer: {tf_cfg}")
 
     def snapshot(model, losses):
-        write_checkpoint(folder, model, _report(device, t0, seed, vq_cfg, vq_stats, tf_cfg, model, losses))
-        log(f"      snapshot after {len(losses)} steps -> {folder}")
+        partial = {**curves, "transformer": loss_curve(losses)}
+        write_checkpoint(folder, model, _report(device, seconds, seed, vq_cfg, vq_stats, tf_cfg, model, losses,
+                                                partial))
+        log(f"      checkpoint after {len(losses)} steps -> {folder}")
 
-    model, losses = train_transformer.train(tf_cfg, tokenizer, shipped_vq, device=device, log=log,
-                                            snapshot_every=snapshot_every, on_snapshot=snapshot)
-    report = _report(device, t0, seed, vq_cfg, vq_stats, tf_cfg, model, losses)
+    model, losses, seconds["transformer"] = train_transformer.train(
+        tf_cfg, tokenizer, shipped_vq, device=device, log=log, snapshot_every=snapshot_every,
+        on_snapshot=snapshot, state_path=os.path.join(state, "transformer.pt"))
+    curves["transformer"] = loss_curve(losses)
+
+    v_cfg = train_verifier.VerifierTrainConfig(seed=seed)
+    if verifier_steps is not None:
+        v_cfg.steps = verifier_steps
+    log(f"[4/4] verifier: {v_cfg}")
+    verifier, processor, v_losses, seconds["verifier"] = train_verifier.train(
+        v_cfg, shipped_vq, log=log, state_path=os.path.join(state, "verifier.pt"), snapshot_every=snapshot_every)
+    curves["verifier"] = loss_curve(v_losses)
+    verifier_folder = os.path.join(out_root, DEMO_VERIFIER)
+    train_verifier.save(verifier, processor, verifier_folder)
+    v_stats = {"config": asdict(v_cfg), "params": sum(p.numel() for p in verifier.parameters()),
+               "final_loss": sum(v_losses[-100:]) / max(1, len(v_losses[-100:])),
+               "held_out_scenes": train_verifier.ranking_accuracy(verifier_folder, movqgan=shipped_vq),
+               "held_out_triples": train_verifier.ranking_accuracy(verifier_folder, held_out_only=True,
+                                                                   movqgan=shipped_vq)}
+    log(f"      verifier: {v_stats['held_out_scenes']} {v_stats['held_out_triples']}")
+
+    report = _report(device, seconds, seed, vq_cfg, vq_stats, tf_cfg, model, losses, curves, v_stats)
     write_checkpoint(folder, model, report)
-    log(f"done in {report['seconds'] / 60:.1f} min -> {out_root}")
+    log(f"done: {report['seconds'] / 60:.1f} min of training in all runs -> {out_root}")
     return report
 
 
@@ -163,15 +227,19 @@ def main(argv=None):
     p.add_argument("--out", default=DEMO_ROOT)
     p.add_argument("--device", default="cpu")
     p.add_argument("--movqgan-steps", type=int)
+    p.add_argument("--decoder-steps", type=int, help="MoVQGAN decoder-only steps after the joint ones")
     p.add_argument("--transformer-steps", type=int)
+    p.add_argument("--verifier-steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reuse-movqgan", action="store_true", help="keep the MoVQGAN in --out, retrain the rest")
-    p.add_argument("--snapshot-every", type=int, default=0, help="also write the checkpoint every N steps")
+    p.add_argument("--snapshot-every", type=int, default=200,
+                   help="snapshot every stage (and write the checkpoint) every N steps; 0: only at the end")
+    p.add_argument("--fresh", action="store_true", help="delete the snapshots in <out>/.build/ first")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    build(args.out, args.device, args.movqgan_steps, args.transformer_steps, args.seed, args.reuse_movqgan,
-          args.snapshot_every)
+    build(args.out, args.device, args.movqgan_steps, args.transformer_steps, args.verifier_steps, args.seed,
+          args.reuse_movqgan, args.snapshot_every, args.fresh, decoder_steps=args.decoder_steps)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ DEMO_DIR = os.path.join(REPO_ROOT, "demo_model")
 DEMO_PREFIX = "demo: "
 DEMO_TRANSFORMER = "lumina-mgpt2-shapes-demo"
 DEMO_IMAGE_TOKENIZER = "movqgan_shapes_demo.safetensors"
+DEMO_VERIFIER = "shapes-verifier-clip"          # the demo's CLIP folder for best-of-N
 
 IMAGE_TOKENIZER_SUFFIXES = (".ckpt", ".safetensors")
 # The released layout (Alpha-VLLM/Lumina-mGPT-2.0), for error messages and the README.
@@ -67,6 +68,31 @@ def list_image_tokenizers(bases: list[str]) -> dict[str, str]:
     demo = os.path.join(DEMO_DIR, DEMO_IMAGE_TOKENIZER)
     if os.path.isfile(demo):
         found[DEMO_PREFIX + DEMO_IMAGE_TOKENIZER] = demo
+    return found
+
+
+def is_clip_folder(path: str) -> bool:
+    """A transformers CLIPModel folder: config.json whose model_type is 'clip'."""
+    import json
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("model_type") == "clip"
+    except (OSError, ValueError, AttributeError):
+        return False  # not a model folder we can read; listings just leave it out
+
+
+def list_clip_folders(bases: list[str]) -> dict[str, str]:
+    """Display name -> folder for every CLIP folder directly inside `bases` (models/clip_vision/),
+    then the demo's verifier."""
+    found: dict[str, str] = {}
+    for base in bases:
+        for name in _entries(base):
+            path = os.path.join(base, name)
+            if name not in found and is_clip_folder(path):
+                found[name] = path
+    demo = os.path.join(DEMO_DIR, DEMO_VERIFIER)
+    if is_clip_folder(demo):
+        found[DEMO_PREFIX + DEMO_VERIFIER] = demo
     return found
 
 

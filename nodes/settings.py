@@ -1,9 +1,6 @@
 """Settings nodes (kijai style): optional sampler inputs that keep the sampler itself small."""
 from __future__ import annotations
 
-import json
-import os
-
 import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
@@ -11,6 +8,7 @@ from comfy_api.latest import io
 from ..lumina_core import CLIPScorer, LikelihoodScorer, StepRunner
 from ..lumina_core.fast import compile_layers
 from ..lumina_core.logits import CFG_MODES
+from ..lumina_core.model_files import list_clip_folders
 from ..lumina_core.sjd import INITS, MODES
 from .types import ADVANCED, BestOfNType, SamplingType, SJDType, SpeedType
 from .validation import choice_problem, first_problem, float_problems, require
@@ -155,21 +153,8 @@ def step_function(settings: dict | None, engine):
 
 
 def clip_folders() -> dict[str, str]:
-    """transformers CLIPModel folders (config.json with model_type 'clip') inside models/clip_vision/."""
-    found = {}
-    for base in folder_paths.get_folder_paths(CLIP_FOLDER_KEY):
-        for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-            config = os.path.join(base, name, "config.json")
-            if name in found or not os.path.isfile(config):
-                continue
-            try:
-                with open(config, encoding="utf-8") as f:
-                    is_clip = json.load(f).get("model_type") == "clip"
-            except (OSError, json.JSONDecodeError):
-                continue  # not a model folder we can read; the listing just leaves it out
-            if is_clip:
-                found[name] = os.path.join(base, name)
-    return found
+    """transformers CLIPModel folders inside models/clip_vision/, then the demo's verifier."""
+    return list_clip_folders(folder_paths.get_folder_paths(CLIP_FOLDER_KEY))
 
 
 class BestOfNSettings(io.ComfyNode):

@@ -1,7 +1,10 @@
-"""Demo training is reproducible: a few steps retrained from the same seed give the same losses."""
+"""Demo training is reproducible (a few steps retrained from the same seed give the same losses) and
+resumable (a run killed after a snapshot and started again ends exactly where an uninterrupted one does)."""
+import pytest
 import torch
 
 from demo.shapes import step_rng
+from demo.snapshots import StaleSnapshot
 from demo.train_movqgan import MoVQGANTrainConfig, finetune_decoder, image_batch
 from demo.train_movqgan import train as train_movqgan
 from demo.train_tokenizer import build_tokenizer
@@ -30,12 +33,12 @@ def test_movqgan_training_is_reproducible():
 
 def test_decoder_finetune_keeps_the_codes_and_is_reproducible():
     cfg = MoVQGANTrainConfig(steps=1, **TINY_VQ)
-    model, _ = train_movqgan(cfg, log=None)
+    model, _, _ = train_movqgan(cfg, log=None)
     start = {k: v.clone() for k, v in model.state_dict().items()}
 
     def tune():
         model.load_state_dict(start)
-        tuned, losses = finetune_decoder(model, cfg, log=None)
+        tuned, losses, _ = finetune_decoder(model, cfg, log=None)
         return {k: v.clone() for k, v in tuned.state_dict().items()}, losses
 
     (after, losses_a), (_, losses_b) = tune(), tune()
@@ -47,7 +50,7 @@ def test_decoder_finetune_keeps_the_codes_and_is_reproducible():
 
 
 def test_transformer_training_is_reproducible(tmp_path):
-    vq, _ = train_movqgan(MoVQGANTrainConfig(steps=1, **TINY_VQ), log=None)
+    vq, _, _ = train_movqgan(MoVQGANTrainConfig(steps=1, **TINY_VQ), log=None)
     tok = _tokenizer(tmp_path, vq.num_codes)
     runs = [train_transformer(TransformerTrainConfig(steps=4, seed=s, **TINY_TF), tok, vq, log=None)[1]
             for s in (0, 0, 1)]
@@ -64,7 +67,7 @@ def test_training_data_is_fresh_each_step():
 
 def test_sequences_match_the_engine_layout(tmp_path):
     """t2i samples are exactly the engine's prompt plus the image rows; dropout keeps its uncond stream."""
-    vq, _ = train_movqgan(MoVQGANTrainConfig(steps=1, **TINY_VQ), log=None)
+    vq, _, _ = train_movqgan(MoVQGANTrainConfig(steps=1, **TINY_VQ), log=None)
     tok = _tokenizer(tmp_path, vq.num_codes)
     sp = tok.special
     codes = torch.arange(64).view(8, 8) % vq.num_codes
@@ -84,3 +87,51 @@ def test_sequences_match_the_engine_layout(tmp_path):
     assert len(pair) == len(build_prompt(tok, "pair_canny", "a red circle", 64, 128).cond_ids) + 16 * 9 + 1
     inputs, targets = make_batch(0, TransformerTrainConfig(**TINY_TF), tok, vq)
     assert inputs.shape == targets.shape and (targets != -100).any()
+
+
+# ----------------------------------------------------------------------------- resumable build
+class Interrupted(Exception):
+    pass
+
+
+def _stop_after(step_to_stop: int):
+    """A log callback that kills the run once it reports `step_to_stop` (logged every step)."""
+    def log(line):
+        if f" {step_to_stop}/" in line:
+            raise Interrupted(line)
+    return log
+
+
+def test_an_interrupted_movqgan_run_resumes_to_the_same_result(tmp_path):
+    cfg = MoVQGANTrainConfig(steps=5, **TINY_VQ)
+    _, whole, _ = train_movqgan(cfg, log=None)
+    state = str(tmp_path / "movqgan.pt")
+    with pytest.raises(Interrupted):
+        train_movqgan(cfg, log=_stop_after(4), log_every=1, state_path=state, snapshot_every=2)
+    assert torch.load(state, weights_only=True)["step"] == 2  # the last snapshot before the kill
+    messages = []
+    model, resumed, _ = train_movqgan(cfg, log=messages.append, log_every=1, state_path=state, snapshot_every=2)
+    assert any("resuming at step 2/5" in m for m in messages)
+    assert resumed == whole  # same data, optimiser, codebook EMA and restart RNG from the snapshot
+    again, losses, _ = train_movqgan(cfg, log=None, state_path=state)  # a finished stage is loaded, not retrained
+    assert losses == whole
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_snapshot_from_other_settings_is_refused(tmp_path):
+    state = str(tmp_path / "movqgan.pt")
+    train_movqgan(MoVQGANTrainConfig(steps=2, **TINY_VQ), log=None, state_path=state)
+    with pytest.raises(StaleSnapshot, match="--fresh"):
+        train_movqgan(MoVQGANTrainConfig(steps=3, **TINY_VQ), log=None, state_path=state)
+
+
+def test_an_interrupted_transformer_run_resumes_to_the_same_result(tmp_path):
+    vq, _, _ = train_movqgan(MoVQGANTrainConfig(steps=1, **TINY_VQ), log=None)
+    tok = _tokenizer(tmp_path, vq.num_codes)
+    cfg = TransformerTrainConfig(steps=5, **TINY_TF)
+    _, whole, _ = train_transformer(cfg, tok, vq, log=None)
+    state = str(tmp_path / "transformer.pt")
+    with pytest.raises(Interrupted):
+        train_transformer(cfg, tok, vq, log=_stop_after(3), log_every=1, state_path=state, snapshot_every=2)
+    _, resumed, _ = train_transformer(cfg, tok, vq, log=None, state_path=state, snapshot_every=2)
+    assert resumed == whole
