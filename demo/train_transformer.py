@@ -37,7 +37,7 @@ from .train_tokenizer import task_canvas
 
 @dataclass
 class TransformerTrainConfig:
-    steps: int = 4500               # 2500 left the loss still falling (v2)
+    steps: int = 4000               # 2500 left the loss still falling (v2)
     batch: int = 32                 # t2i sequences per step; dual-panel steps take half as many
     lr: float = 2e-3
     warmup: int = 100
