@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 KV_CACHES = ("auto", "bf16", "int8")
 KV_TOOLTIP = ("KV cache (what was painted so far, 9.2 GB in bf16 for a 768x768 image with guidance). auto: the "
               "memory planner picks bf16 when it fits the GPU next to the weights, else int8 (half the size, a "
-              "scale and zero per token and head; on the demo model 8 of 10 greedy images are identical to "
-              "bf16's, as many as rounding the cache to bf16 gives). bf16: the compute dtype. int8: always "
+              "scale and zero per token and head; on the demo model 9 of 10 greedy images are identical to "
+              "the float cache's). bf16: the compute dtype. int8: always "
               "8-bit. Optional: workflows saved before it existed use auto.")
 
 

@@ -135,3 +135,31 @@ def test_an_interrupted_transformer_run_resumes_to_the_same_result(tmp_path):
         train_transformer(cfg, tok, vq, log=_stop_after(3), log_every=1, state_path=state, snapshot_every=2)
     _, resumed, _ = train_transformer(cfg, tok, vq, log=None, state_path=state, snapshot_every=2)
     assert resumed == whole
+
+
+def test_hard_negative_captions_change_one_claim():
+    """The verifier's hard negatives: the same caption with one word replaced (colour, shape, region, size,
+    count or relation) or the two related objects swapped; never the caption itself, never 'a orange'."""
+    import re
+
+    import numpy as np
+
+    from demo.shapes import REGION_PHRASES, training_scenes
+    from demo.train_verifier import hard_negative
+    rng = np.random.default_rng(5)
+    kinds = set()
+    for scene in training_scenes(11, 300):
+        true, false = scene.caption, hard_negative(scene.caption, rng)
+        assert false != true
+        assert not re.search(r"\ba [aeiou]|\ban [^aeiou\s]", false), false
+        a = re.sub(r"\ban\b", "a", true).split()
+        b = re.sub(r"\ban\b", "a", false).split()
+        if sorted(a) == sorted(b):
+            kinds.add("swap")                      # objects swapped around a relation
+        else:
+            assert len(a) == len(b), (true, false)
+            changed = sum(x != y for x, y in zip(a, b))
+            regions = [p for p in REGION_PHRASES.values() if p in true], [p for p in REGION_PHRASES.values() if p in false]
+            kinds.add("word")
+            assert changed == 1 or (changed == 2 and regions[0] != regions[1]), (true, false)  # a region is 3 words
+    assert kinds == {"swap", "word"}

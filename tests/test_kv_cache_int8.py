@@ -14,7 +14,7 @@ from lumina_core import KVCache, LuminaMGPT, generate
 from lumina_core.kv_cache import kv_cache_format, quantize_kv
 from lumina_core.sjd import SJDecoder
 
-DEMO_GREEDY_IDENTICAL = 8
+DEMO_GREEDY_IDENTICAL = 9   # of 10, demo v3 (v2: 8)
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +88,19 @@ def test_demo_greedy_codes_with_int8_cache_match_the_float_cache():
     from demo.shapes import held_out_prompts
     model = LuminaMGPT.from_pretrained(demo.DEMO_CHECKPOINT, dtype=torch.float32)
     cfg = demo.generation_defaults()["cfg"]
-    same = 0
+    same = sjd_same = 0
     for prompt in [t for t, _ in held_out_prompts()][:10]:
         ref = generate(model, prompt, 64, 64, cfg=cfg, top_k=1).codes
         with kv_cache_format(model, "int8"):
             got = generate(model, prompt, 64, 64, cfg=cfg, top_k=1).codes
             sjd = generate(model, prompt, 64, 64, cfg=cfg, top_k=1, decoder=SJDecoder(window=8)).codes
-        assert torch.equal(sjd, got)
+        # SJD verifies 8 positions per forward: float rounding differs from one-token steps, and a key that
+        # lands on the other side of an int8 rounding step can flip a near-tie (v3: 2 codes of 64 in 2 images)
+        assert (sjd != got).sum() <= 4
+        sjd_same += torch.equal(sjd, got)
         same += torch.equal(got, ref)
     assert same >= DEMO_GREEDY_IDENTICAL
+    assert sjd_same >= 8
 
 
 def test_bucketed_step_runner_reads_the_int8_cache_exactly(model):

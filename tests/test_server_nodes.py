@@ -251,6 +251,41 @@ def test_best_of_n_needs_batch_size_1(comfy):
     assert "set batch_size to 1" in error["exception_message"]
 
 
+def test_best_of_n_with_the_demo_verifier_ranks_by_its_clip_similarity(comfy):
+    """The bundled verifier is offered as a clip_model and scores through the CLIP scorer; the printed scores
+    are the CLIP cosine similarities of each saved candidate, computed here by transformers directly."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from demo import DEMO_ROOT, DEMO_VERIFIER
+    options = comfy.object_info()["LuminaMGPT2BestOfNSettings"]["input"]["required"]["clip_model"][1]["options"]
+    assert "demo: " + DEMO_VERIFIER in options
+    prompt = t2i(seed=70, prefix="bon_clip", preview=False, prompt="a red circle on the left")
+    prompt["6"] = {"class_type": "LuminaMGPT2BestOfNSettings",
+                   "inputs": {"n": 3, "scorer": "clip", "clip_model": "demo: " + DEMO_VERIFIER, "chunk_size": 0}}
+    prompt["3"]["inputs"]["best_of_n"] = ["6", 0]
+    prompt["8"] = {"class_type": "LuminaMGPT2Decode",
+                   "inputs": {"tokens": ["3", 0], "image_tokenizer": ["2", 0], "panel": "output"}}
+    prompt["9"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bon_clip_all"}}
+    prompt["7"] = {"class_type": "LuminaMGPT2SelectBest", "inputs": {"tokens": ["3", 0], "k": 1}}
+    prompt["10"] = {"class_type": "PreviewAny", "inputs": {"source": ["7", 1]}}
+    run = comfy.run(prompt)
+    assert run.status == "success", run.of_type("execution_error")
+    candidates = [pixels(p) for p in comfy.output_images(run, "9")]
+    lines = run.history["outputs"]["10"]["text"][0].splitlines()
+    printed = {int(line.split()[2].rstrip(":")) - 70: float(line.split(": ")[1]) for line in lines}
+    folder = os.path.join(DEMO_ROOT, DEMO_VERIFIER)
+    clip, proc = CLIPModel.from_pretrained(folder).float().eval(), CLIPProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        out = clip(**proc(text=["a red circle on the left"], images=candidates, return_tensors="pt", padding=True))
+    image = torch.nn.functional.normalize(out.image_embeds, dim=-1)
+    text = torch.nn.functional.normalize(out.text_embeds, dim=-1)
+    expected = (image @ text[0]).tolist()
+    assert sorted(printed) == [0, 1, 2]
+    for i, score in printed.items():
+        assert abs(score - expected[i]) < 2e-3, (i, score, expected)
+
+
 def test_clip_scorer_without_a_clip_model_is_http_400(comfy):
     prompt = t2i(preview=False)
     prompt["6"] = {"class_type": "LuminaMGPT2BestOfNSettings",
