@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import struct
 import threading
 import urllib.request
@@ -260,7 +261,7 @@ def test_best_of_n_with_the_demo_verifier_ranks_by_its_clip_similarity(comfy):
     from demo import DEMO_ROOT, DEMO_VERIFIER
     options = comfy.object_info()["LuminaMGPT2BestOfNSettings"]["input"]["required"]["clip_model"][1]["options"]
     assert "demo: " + DEMO_VERIFIER in options
-    prompt = t2i(seed=70, prefix="bon_clip", preview=False, prompt="a red circle on the left")
+    prompt = t2i(seed=70, prefix="bon_clip", prompt="a red circle on the left")  # preview: wires image_tokenizer
     prompt["6"] = {"class_type": "LuminaMGPT2BestOfNSettings",
                    "inputs": {"n": 3, "scorer": "clip", "clip_model": "demo: " + DEMO_VERIFIER, "chunk_size": 0}}
     prompt["3"]["inputs"]["best_of_n"] = ["6", 0]
@@ -270,10 +271,10 @@ def test_best_of_n_with_the_demo_verifier_ranks_by_its_clip_similarity(comfy):
     prompt["7"] = {"class_type": "LuminaMGPT2SelectBest", "inputs": {"tokens": ["3", 0], "k": 1}}
     prompt["10"] = {"class_type": "PreviewAny", "inputs": {"source": ["7", 1]}}
     run = comfy.run(prompt)
-    assert run.status == "success", run.of_type("execution_error")
+    assert run.status == "success", [e.get("exception_message") for e in run.of_type("execution_error")]
     candidates = [pixels(p) for p in comfy.output_images(run, "9")]
     lines = run.history["outputs"]["10"]["text"][0].splitlines()
-    printed = {int(line.split()[2].rstrip(":")) - 70: float(line.split(": ")[1]) for line in lines}
+    printed = {int(m.group(1)) - 70: float(m.group(2)) for m in (re.search(r"seed (\d+): (-?[\d.]+)", x) for x in lines)}
     folder = os.path.join(DEMO_ROOT, DEMO_VERIFIER)
     clip, proc = CLIPModel.from_pretrained(folder).float().eval(), CLIPProcessor.from_pretrained(folder)
     with torch.no_grad():
