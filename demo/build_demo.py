@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict
 
 import torch

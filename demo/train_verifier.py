@@ -12,7 +12,6 @@ Half the images go through the demo MoVQGAN first, so it also knows what decoded
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import time
 from dataclasses import asdict, dataclass
