@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from lumina_core.movqgan import MoVQGAN, MoVQGANConfig
 
 from .shapes import SceneSampler, step_rng
-from .snapshots import load_state, save_state
+from .snapshots import GeneratorState, Stage
 
 
 @dataclass
@@ -75,6 +74,13 @@ class EMACodebook:
         self.decay = decay
         self.counts = torch.ones(self.weight.shape[0], device=self.weight.device)
         self.sums = self.weight.detach().clone()
+
+    def state_dict(self) -> dict:  # the weight itself lives in the model's state
+        return {"counts": self.counts, "sums": self.sums}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts.copy_(state["counts"])
+        self.sums.copy_(state["sums"])
 
     @torch.no_grad()
     def update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
@@ -129,27 +135,10 @@ def train(cfg: MoVQGANTrainConfig, device="cpu", log=print, log_every: int = 50,
     model.quantize.embedding.weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99))
-    losses, start, spent = [], 0, 0.0
-    state = load_state(state_path, asdict(cfg))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        book.counts.copy_(state["counts"])
-        book.sums.copy_(state["sums"])
-        gen.set_state(state["gen"])
-        losses, start, spent = list(state["losses"]), state["step"], state["seconds"]
-        if log and start < cfg.steps:
-            log(f"movqgan: resuming at step {start}/{cfg.steps} from {state_path}")
-    t0 = time.perf_counter()
-
-    def snapshot(step):
-        if state_path:
-            save_state(state_path, {"config": asdict(cfg), "step": step, "model": model.state_dict(),
-                                    "opt": opt.state_dict(), "counts": book.counts, "sums": book.sums,
-                                    "gen": gen.get_state(), "losses": losses,
-                                    "seconds": spent + time.perf_counter() - t0})
-
-    for step in range(start, cfg.steps):
+    stage = Stage("movqgan", state_path, asdict(cfg), cfg.steps,
+                  {"model": model, "opt": opt, "book": book, "gen": GeneratorState(gen)}, log)
+    losses = stage.losses
+    for step in range(stage.start, cfg.steps):
         x = to_signed(image_batch(step_rng(cfg.seed, step), cfg.batch, cfg.edge_share)).to(device)
         z, codes, q = quantise(model, x)
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -173,12 +162,10 @@ def train(cfg: MoVQGANTrainConfig, device="cpu", log=print, log_every: int = 50,
             mse = F.mse_loss(recon.detach().clamp(-1, 1), x).item() / 4  # in 0..1 units
             log(f"movqgan step {step + 1}/{cfg.steps} loss {loss.item():.4f} psnr {10 * math.log10(1 / mse):.2f} "
                 f"used {(book.counts > cfg.dead_below).sum().item()}/{cfg.n_embed} "
-                f"{spent + time.perf_counter() - t0:.0f}s")
-        if snapshot_every and (step + 1) % snapshot_every == 0:
-            snapshot(step + 1)
-    if start < cfg.steps:
-        snapshot(cfg.steps)
-    return model.cpu().eval().requires_grad_(False), losses, spent + time.perf_counter() - t0
+                f"{stage.seconds():.0f}s")
+        stage.after_step(step, snapshot_every)
+    stage.finish()
+    return model.cpu().eval().requires_grad_(False), losses, stage.seconds()
 
 
 def finetune_decoder(model: MoVQGAN, cfg: MoVQGANTrainConfig, device="cpu", log=print,
@@ -194,23 +181,9 @@ def finetune_decoder(model: MoVQGAN, cfg: MoVQGANTrainConfig, device="cpu", log=
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=cfg.decoder_lr, betas=(0.9, 0.99))
-    losses, start, spent = [], 0, 0.0
-    state = load_state(state_path, asdict(cfg))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        losses, start, spent = list(state["losses"]), state["step"], state["seconds"]
-        if log and start < cfg.decoder_steps:
-            log(f"movqgan decoder: resuming at step {start}/{cfg.decoder_steps} from {state_path}")
-    t0 = time.perf_counter()
-
-    def snapshot(step):
-        if state_path:
-            save_state(state_path, {"config": asdict(cfg), "step": step, "model": model.state_dict(),
-                                    "opt": opt.state_dict(), "losses": losses,
-                                    "seconds": spent + time.perf_counter() - t0})
-
-    for step in range(start, cfg.decoder_steps):
+    stage = Stage("movqgan decoder", state_path, asdict(cfg), cfg.decoder_steps, {"model": model, "opt": opt}, log)
+    losses = stage.losses
+    for step in range(stage.start, cfg.decoder_steps):
         x = to_signed(image_batch(step_rng(cfg.seed + 1, step), cfg.batch, cfg.edge_share)).to(device)
         with torch.no_grad():
             q = model.quantize.lookup(model.encode(x))
@@ -224,12 +197,10 @@ def finetune_decoder(model: MoVQGAN, cfg: MoVQGANTrainConfig, device="cpu", log=
         losses.append(loss.item())
         if log and (step + 1) % log_every == 0:
             log(f"movqgan decoder step {step + 1}/{cfg.decoder_steps} loss {loss.item():.4f} "
-                f"{spent + time.perf_counter() - t0:.0f}s")
-        if snapshot_every and (step + 1) % snapshot_every == 0:
-            snapshot(step + 1)
-    if start < cfg.decoder_steps:
-        snapshot(cfg.decoder_steps)
-    return model.cpu().eval().requires_grad_(False), losses, spent + time.perf_counter() - t0
+                f"{stage.seconds():.0f}s")
+        stage.after_step(step, snapshot_every)
+    stage.finish()
+    return model.cpu().eval().requires_grad_(False), losses, stage.seconds()
 
 
 @torch.no_grad()

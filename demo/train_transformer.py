@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,7 +29,7 @@ from lumina_core.checkpoint_writer import save_checkpoint
 from lumina_core.tasks import build_prompt, image_rows_to_ids
 
 from .shapes import SceneSampler, step_rng
-from .snapshots import load_state, save_state
+from .snapshots import Stage
 from .train_movqgan import lr_at, to_signed
 from .train_tokenizer import task_canvas
 
@@ -141,24 +140,10 @@ def train(cfg: TransformerTrainConfig, tokenizer: TextTokenizer, movqgan: MoVQGA
     no_decay = [p for n, p in model.named_parameters() if p.ndim != 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    losses, start, spent = [], 0, 0.0
-    state = load_state(state_path, asdict(cfg))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        losses, start, spent = list(state["losses"]), state["step"], state["seconds"]
-        if log and start < cfg.steps:
-            log(f"transformer: resuming at step {start}/{cfg.steps} from {state_path}")
-    t0 = time.perf_counter()
-
-    def snapshot(step):
-        if state_path:
-            save_state(state_path, {"config": asdict(cfg), "step": step, "model": model.state_dict(),
-                                    "opt": opt.state_dict(), "losses": losses,
-                                    "seconds": spent + time.perf_counter() - t0})
-
+    stage = Stage("transformer", state_path, asdict(cfg), cfg.steps, {"model": model, "opt": opt}, log)
+    losses = stage.losses
     model.train()
-    for step in range(start, cfg.steps):
+    for step in range(stage.start, cfg.steps):
         inputs, targets = make_batch(step, cfg, tokenizer, movqgan)
         inputs, targets = inputs.to(device), targets.to(device)
         logits = model(inputs)
@@ -173,17 +158,14 @@ def train(cfg: TransformerTrainConfig, tokenizer: TextTokenizer, movqgan: MoVQGA
         if log and (step + 1) % log_every == 0:
             recent = sum(losses[-log_every:]) / log_every
             log(f"transformer step {step + 1}/{cfg.steps} loss {recent:.4f} lr {schedule(step, cfg):.2e} "
-                f"{spent + time.perf_counter() - t0:.0f}s")
-        if snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < cfg.steps:
-            snapshot(step + 1)
-            if on_snapshot:
-                on_snapshot(model, losses)
-                model.train()
-    if start < cfg.steps:
-        snapshot(cfg.steps)
+                f"{stage.seconds():.0f}s")
+        if step + 1 < cfg.steps and stage.after_step(step, snapshot_every) and on_snapshot:
+            on_snapshot(model, losses)
+            model.train()
+    stage.finish()
     model = model.cpu().eval().requires_grad_(False)
     model.tokenizer = tokenizer
-    return model, losses, spent + time.perf_counter() - t0
+    return model, losses, stage.seconds()
 
 
 def save(model: LuminaMGPT, folder: str, dtype=torch.float16) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from .shapes import (COLOUR_NAMES, COUNT_WORDS, IMAGE_SIZE, REGION_PHRASES, SHAPES, SIZES, SceneSampler,
                      step_rng, training_scenes)
-from .snapshots import load_state, save_state
+from .snapshots import Stage
 from .train_movqgan import lr_at, to_signed
 
 
@@ -207,24 +206,10 @@ def train(cfg: VerifierTrainConfig, movqgan=None, log=print, log_every: int = 10
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    losses, start, spent = [], 0, 0.0
-    state = load_state(state_path, asdict(cfg))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        losses, start, spent = list(state["losses"]), state["step"], state["seconds"]
-        if log and start < cfg.steps:
-            log(f"verifier: resuming at step {start}/{cfg.steps} from {state_path}")
-    t0 = time.perf_counter()
-
-    def snapshot(step):
-        if state_path:
-            save_state(state_path, {"config": asdict(cfg), "step": step, "model": model.state_dict(),
-                                    "opt": opt.state_dict(), "losses": losses,
-                                    "seconds": spent + time.perf_counter() - t0})
-
+    stage = Stage("verifier", state_path, asdict(cfg), cfg.steps, {"model": model, "opt": opt}, log)
+    losses = stage.losses
     model.train()
-    for step in range(start, cfg.steps):
+    for step in range(stage.start, cfg.steps):
         batch = make_batch(step, cfg, movqgan, processor)
         loss = contrastive_loss(model, *batch)
         for g in opt.param_groups:
@@ -236,12 +221,10 @@ def train(cfg: VerifierTrainConfig, movqgan=None, log=print, log_every: int = 10
         losses.append(loss.item())
         if log and (step + 1) % log_every == 0:
             log(f"verifier step {step + 1}/{cfg.steps} loss {sum(losses[-log_every:]) / log_every:.4f} "
-                f"{spent + time.perf_counter() - t0:.0f}s")
-        if snapshot_every and (step + 1) % snapshot_every == 0:
-            snapshot(step + 1)
-    if start < cfg.steps:
-        snapshot(cfg.steps)
-    return model.eval().requires_grad_(False), processor, losses, spent + time.perf_counter() - t0
+                f"{stage.seconds():.0f}s")
+        stage.after_step(step, snapshot_every)
+    stage.finish()
+    return model.eval().requires_grad_(False), processor, losses, stage.seconds()
 
 
 def save(model, processor, folder: str) -> None:
