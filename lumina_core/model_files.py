@@ -41,34 +41,34 @@ def _entries(base: str) -> list[str]:
         return []
 
 
-def list_transformers(bases: list[str]) -> dict[str, str]:
-    """Display name -> folder for every checkpoint folder directly inside `bases` (first base wins on
-    a name clash), then the bundled demo."""
+def _listing(bases: list[str], accept, demo_name: str) -> dict[str, str]:
+    """Display name -> path for every entry directly inside `bases` that `accept(path)` takes (first base
+    wins on a name clash), then the bundled demo's `demo_name` if it is there."""
     found: dict[str, str] = {}
     for base in bases:
         for name in _entries(base):
             path = os.path.join(base, name)
-            if name not in found and is_checkpoint_folder(path):
+            if name not in found and accept(path):
                 found[name] = path
-    demo = os.path.join(DEMO_DIR, DEMO_TRANSFORMER)
-    if is_checkpoint_folder(demo):
-        found[DEMO_PREFIX + DEMO_TRANSFORMER] = demo
+    demo = os.path.join(DEMO_DIR, demo_name)
+    if accept(demo):
+        found[DEMO_PREFIX + demo_name] = demo
     return found
+
+
+def list_transformers(bases: list[str]) -> dict[str, str]:
+    """Checkpoint folders directly inside `bases`, then the bundled demo."""
+    return _listing(bases, is_checkpoint_folder, DEMO_TRANSFORMER)
+
+
+def _is_image_tokenizer_file(path: str) -> bool:
+    return path.endswith(IMAGE_TOKENIZER_SUFFIXES) and os.path.isfile(path)
 
 
 def list_image_tokenizers(bases: list[str]) -> dict[str, str]:
-    """Display name -> file for every .ckpt/.safetensors file directly inside `bases`, then the demo's.
-    Files inside checkpoint folders (the transformer's shards) are not listed."""
-    found: dict[str, str] = {}
-    for base in bases:
-        for name in _entries(base):
-            path = os.path.join(base, name)
-            if name not in found and name.endswith(IMAGE_TOKENIZER_SUFFIXES) and os.path.isfile(path):
-                found[name] = path
-    demo = os.path.join(DEMO_DIR, DEMO_IMAGE_TOKENIZER)
-    if os.path.isfile(demo):
-        found[DEMO_PREFIX + DEMO_IMAGE_TOKENIZER] = demo
-    return found
+    """.ckpt/.safetensors files directly inside `bases`, then the demo's. Files inside checkpoint folders
+    (the transformer's shards) are not listed."""
+    return _listing(bases, _is_image_tokenizer_file, DEMO_IMAGE_TOKENIZER)
 
 
 def is_clip_folder(path: str) -> bool:
@@ -82,18 +82,8 @@ def is_clip_folder(path: str) -> bool:
 
 
 def list_clip_folders(bases: list[str]) -> dict[str, str]:
-    """Display name -> folder for every CLIP folder directly inside `bases` (models/clip_vision/),
-    then the demo's verifier."""
-    found: dict[str, str] = {}
-    for base in bases:
-        for name in _entries(base):
-            path = os.path.join(base, name)
-            if name not in found and is_clip_folder(path):
-                found[name] = path
-    demo = os.path.join(DEMO_DIR, DEMO_VERIFIER)
-    if is_clip_folder(demo):
-        found[DEMO_PREFIX + DEMO_VERIFIER] = demo
-    return found
+    """CLIP folders directly inside `bases` (models/clip_vision/), then the demo's verifier."""
+    return _listing(bases, is_clip_folder, DEMO_VERIFIER)
 
 
 def resolve(name: str, listing: dict[str, str], kind: str, bases: list[str]) -> str:
