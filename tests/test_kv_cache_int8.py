@@ -1,20 +1,19 @@
 """The int8 KV cache: per token-and-head quantization, writes from prefill / steps / SJD windows, exact
-rollback, one reused read buffer, and codes against the float cache.
+rollback, one reused read buffer, and its logit error on the trained demo against the float cache.
 
-Stated (demo model, fp32, greedy, the first 10 held-out prompts; BENCHMARKS.md): the int8 cache gives
-the float cache's codes for 8 of 10 prompts, as many as rounding the float cache to bf16 does (8 of 10;
-the two others differ in 5-25% of codes after one near-tie). The issue's ">= 9 of 10" is not reached:
-this test holds the measured 8.
+How many free-running greedy demo images come out identical with either cache (9 of 10 on demo v3) is a
+benchmark figure, not a test: a run that meets a near-tie parts ways on one CPU and not on another.
 """
 import pytest
 import torch
 
 from builders import tiny_checkpoint
 from lumina_core import KVCache, LuminaMGPT, generate
+from lumina_core.generate import plan_request
 from lumina_core.kv_cache import kv_cache_format, quantize_kv
+from lumina_core.logits import guide
+from lumina_core.sampler import Session
 from lumina_core.sjd import SJDecoder
-
-DEMO_GREEDY_IDENTICAL = 9   # of 10, demo v3 (v2: 8)
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +80,82 @@ def test_int8_cache_batch_equals_each_image_alone(model):
     assert torch.equal(both, torch.cat(alone))
 
 
-def test_demo_greedy_codes_with_int8_cache_match_the_float_cache():
-    demo = pytest.importorskip("demo")
-    if not demo.demo_available():
-        pytest.skip("demo_model/ not built")
+def forced_guided_logits(model, prompt, codes, cfg):
+    """Guided logits [positions, n_codes] at every code of `codes` [h, w], each computed on the context of the
+    given codes before it (teacher forcing), with the cache format the model is set to: two cache formats are
+    compared on identical contexts, so only the cache's own error separates them (free-running greedy runs
+    part ways at the first near-tie, where another CPU's rounding may land on the other side)."""
+    plan = plan_request(model, prompt, 64, 64)
+    sp = model.tokenizer.special
+    h, w = codes.shape
+    out = []
+    with torch.inference_mode():
+        session = Session(model, plan, 1, use_cfg=True)
+        logits = session.prefill(sp.image_rows)
+        for r in range(h):
+            for c in range(w):
+                cond, uncond = session.split(logits)
+                out.append(guide(cond, uncond, cfg)[0])
+                if r == h - 1 and c == w - 1:
+                    break
+                tokens = torch.tensor([[int(codes[r, c]) + sp.image_code_start]])
+                if c == w - 1:
+                    tokens = torch.cat([tokens, torch.tensor([[sp.row_end]])], 1)
+                logits = session.step(tokens, sp.image_rows)[:, -1]
+    return torch.stack(out)
+
+
+def cache_error_on_demo_paths(model, prompts, cfg, fmt):
+    """(largest |logit error| of the `fmt` cache against the float cache, float-cache top-2 margins,
+    whether the argmax agrees) over every code of the float cache's greedy images of `prompts`."""
+    errors, margins, agree = [], [], []
+    for prompt in prompts:
+        path = generate(model, prompt, 64, 64, cfg=cfg, top_k=1).codes[0]
+        ref = forced_guided_logits(model, prompt, path, cfg)
+        with kv_cache_format(model, fmt):
+            got = forced_guided_logits(model, prompt, path, cfg)
+        top2 = ref.topk(2, -1).values
+        errors.append((got - ref).abs().amax(-1))
+        margins.append(top2[:, 0] - top2[:, 1])
+        agree.append(got.argmax(-1) == ref.argmax(-1))
+    return torch.cat(errors), torch.cat(margins), torch.cat(agree)
+
+
+# The int8 cache's error bound on the demo's guided logits (std ~3.6): measured max 0.14 over 640 codes (BENCHMARKS.md).
+# It is quantisation error (a key or value moves by up to half of its 1/255 range step), which CPU rounding
+# (~1e-6 here) cannot move by a factor of 3.5; a cache that keeps 4 bits instead of 8 exceeds it 10-fold.
+INT8_LOGIT_BOUND = 0.5
+
+
+def test_demo_int8_cache_stays_within_its_logit_bound_and_keeps_every_clear_decision(monkeypatch):
+    """On the trained demo (fp32, the first 10 held-out prompts, the float cache's greedy paths): every guided
+    logit of the int8 cache is within INT8_LOGIT_BOUND of the float cache's, so every greedy choice whose top-2
+    margin exceeds twice the bound is the same (the free-running images: BENCHMARKS.md). The same check
+    catches a lossy cache (4-bit keys and values)."""
+    import demo
     from demo.shapes import held_out_prompts
     model = LuminaMGPT.from_pretrained(demo.DEMO_CHECKPOINT, dtype=torch.float32)
     cfg = demo.generation_defaults()["cfg"]
-    same = sjd_same = 0
-    for prompt in [t for t, _ in held_out_prompts()][:10]:
-        ref = generate(model, prompt, 64, 64, cfg=cfg, top_k=1).codes
-        with kv_cache_format(model, "int8"):
-            got = generate(model, prompt, 64, 64, cfg=cfg, top_k=1).codes
-            sjd = generate(model, prompt, 64, 64, cfg=cfg, top_k=1, decoder=SJDecoder(window=8)).codes
-        # SJD verifies 8 positions per forward: float rounding differs from one-token steps, and a key that
-        # lands on the other side of an int8 rounding step can flip a near-tie (v3: 2 codes of 64 in 2 images)
-        assert (sjd != got).sum() <= 4
-        sjd_same += torch.equal(sjd, got)
-        same += torch.equal(got, ref)
-    assert same >= DEMO_GREEDY_IDENTICAL
-    assert sjd_same >= 8
+    prompts = [t for t, _ in held_out_prompts()][:10]
+    errors, margins, agree = cache_error_on_demo_paths(model, prompts, cfg, "int8")
+    assert errors.numel() == 10 * 64
+    assert float(errors.max()) <= INT8_LOGIT_BOUND
+    clear = margins > 2 * INT8_LOGIT_BOUND
+    assert bool(agree[clear].all())
+    assert int(clear.sum()) >= errors.numel() // 3  # the bound leaves most decisions clear, not a vacuous check
+    # positive control: keys and values kept at 4 bits (15 steps instead of 255) break the bound
+    import lumina_core.kv_cache as kv
+
+    def four_bit(x):
+        x = x.float()
+        lo, hi = x.amin(-1), x.amax(-1)
+        scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+        q = torch.round((x - lo[..., None]) / scale[..., None]).clamp_(0, 15)
+        return (q - 128).to(torch.int8), torch.stack((scale, lo + 128.0 * scale), -1)
+
+    monkeypatch.setattr(kv, "quantize_kv", four_bit)
+    lossy, _, _ = cache_error_on_demo_paths(model, prompts[:2], cfg, "int8")
+    assert float(lossy.max()) > 2 * INT8_LOGIT_BOUND
 
 
 def test_bucketed_step_runner_reads_the_int8_cache_exactly(model):
