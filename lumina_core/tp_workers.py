@@ -12,8 +12,10 @@ names a child cannot import). Requests and replies travel over multiprocessing.c
 Lifetime: close() (also when the handle is garbage collected or the parent exits) stops every worker;
 a worker whose parent dies (its parent pid changes) or whose connection closes exits by itself; a worker
 that dies makes the next reply a WorkerDied error, and the others are stopped so their memory is freed.
-Cancel: the parent's cancel callback is polled while it waits; a stop request goes to rank 0, which asks
-every rank at the next row boundary through an all-reduce, so all ranks stop at the same row.
+Cancel: rank 0 reports every finished row to the parent and waits for its answer (the parent runs the host's
+progress hook and cancel callback on that row first); an all-reduce hands the answer to every rank. All ranks
+therefore stop right after the row on which Cancel was seen, as one process does, however busy the machine is
+(a stop request polled on the side arrived rows late under load, or after the last row).
 """
 from __future__ import annotations
 
@@ -113,6 +115,7 @@ class _Worker:
         if self.model.tokenizer is None:
             raise InputError(f"{header['path']} has no tokenizer.json")
         self.closing = False
+        self.answer_due = False  # rank 0 reported a row and the parent's go/stop answer has not been read
         self._runner, self._runner_key = None, None
 
     def step_function(self, speed: dict | None):
@@ -140,19 +143,28 @@ class _Worker:
     def progress(self, rows: int, total: int, codes: torch.Tensor) -> None:
         if self.rank == 0:
             _send(self.conn, ("progress", rows, total, codes.cpu()))
+            self.answer_due = True
 
     def cancel(self) -> bool:
         import torch.distributed as dist
-        stop = 0
-        if self.rank == 0:
-            while self.conn.poll():
-                msg = _recv(self.conn)
-                if msg[0] in ("cancel", "close"):
-                    stop = 1
-                    self.closing = self.closing or msg[0] == "close"
-        flag = torch.tensor([stop], device=self.device)
+        stop = self.parent_says_stop() if self.rank == 0 else False
+        flag = torch.tensor([int(stop)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+    def parent_says_stop(self) -> bool:
+        """The parent's answer to the last row reported (waited for), and any close request already here."""
+        stop = False
+        while self.answer_due or self.conn.poll():
+            try:
+                msg = _recv(self.conn)
+            except (EOFError, OSError):  # the parent is gone: stop with the others, then exit
+                msg = ("close",)
+            if msg[0] == "answer":
+                self.answer_due, stop = False, stop or bool(msg[1])
+            elif msg[0] == "close":
+                self.answer_due, self.closing, stop = False, True, True
+        return stop
 
     # --- requests
     def generate(self, req: dict) -> dict:
@@ -205,11 +217,16 @@ class _Worker:
             if op not in handlers:  # e.g. a stop request that came after its run had ended
                 continue
             try:
-                _send(self.conn, ("result", handlers[op](msg[1])))
+                reply = ("result", handlers[op](msg[1]))
             except GenerationCancelled as e:
-                _send(self.conn, ("cancelled", str(e)))
+                reply = ("cancelled", str(e))
             except Exception as e:
-                _send(self.conn, ("error", type(e).__name__, str(e), traceback.format_exc()))
+                reply = ("error", type(e).__name__, str(e), traceback.format_exc())
+            self.answer_due = False
+            try:
+                _send(self.conn, reply)
+            except OSError:  # the parent closed the connection
+                return
 
 
 def worker_main() -> None:
@@ -377,10 +394,10 @@ class TPWorkers:
 
     # --- requests
     def _collect(self, progress=None, cancel=None, timeout_s: float | None = None) -> list:
-        """Wait for one reply from every rank, forwarding rank 0's progress and polling `cancel`."""
+        """Wait for one reply from every rank, answering each row rank 0 reports: progress(...), then cancel()."""
         p = self._p
         replies: list = [None] * self.world
-        interrupted, stop_sent = None, False
+        interrupted = None
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         deadline_error = None
         while any(r is None for r in replies):
@@ -391,13 +408,23 @@ class TPWorkers:
                     msg = _recv(conn)
                 except (EOFError, OSError):
                     raise self._died(rank, "while working") from None
-                if msg[0] == "progress":
+                if msg[0] == "progress":  # rank 0 waits for the answer: go on, or stop after this row
                     if progress is not None and interrupted is None:
                         try:
                             progress(msg[1], msg[2], msg[3])
                         except BaseException as e:  # a host's progress hook raises its interrupt (ComfyUI does):
-                            interrupted = e         # stop the workers below and wait for their replies first,
-                            #                         or this run's replies would answer the next request
+                            interrupted = e         # stop the workers and wait for their replies first, or
+                            #                         this run's replies would answer the next request
+                    stop = interrupted is not None
+                    if not stop and cancel is not None:
+                        try:
+                            stop = bool(cancel())
+                        except BaseException as e:  # a host's interrupt exception: stop the workers, then raise it
+                            interrupted, stop = e, True
+                    try:
+                        _send(conn, ("answer", stop))
+                    except OSError:  # rank 0 is gone: found below
+                        pass
                 else:
                     replies[rank] = msg
                     if msg[0] == "error" and deadline_error is None:  # the others get a moment to fail alike
@@ -405,16 +432,6 @@ class TPWorkers:
             for rank, proc in enumerate(p.procs):
                 if replies[rank] is None and proc.poll() is not None:
                     raise self._died(rank, "while working")
-            if not stop_sent and (interrupted is not None or cancel is not None):
-                stop = interrupted is not None
-                if not stop:
-                    try:
-                        stop = cancel()
-                    except BaseException as e:  # a host's interrupt exception: stop the workers, then raise it
-                        interrupted, stop = e, True
-                if stop:
-                    _send(p.conns[0], ("cancel",))
-                    stop_sent = True
             if deadline_error is not None and time.monotonic() > deadline_error:
                 break
             if deadline is not None and time.monotonic() > deadline:
