@@ -12,6 +12,7 @@ from .image_prep import prepare_condition, signed_to_unit_bhwc
 from .logits import SamplingOptions
 from .sampler import CancelFn, DecodeStats, ProgressFn, sample_plain
 from .tasks import ImageLayout, PromptPlan, TaskSpec, build_prompt, get_task
+from .threads import decode_threads
 
 
 @dataclass
@@ -106,10 +107,12 @@ def generate(model, prompt: str, width: int = 768, height: int = 768, *, task: s
                         condition_image=condition_image, image_tokenizer=image_tokenizer,
                         subject_description=subject_description)
     special = (tokenizer or model.tokenizer).special
-    if decoder is None:
-        gen, stats = sample_plain(model, plan, special, seeds, opts, progress, cancel)
-    else:
-        gen, stats = decoder.sample(model, plan, special, seeds, opts, progress, cancel)
+    tokens_per_forward = len(seeds) * (2 if opts.uses_cfg else 1) * getattr(decoder, "window", 1)
+    with decode_threads(model, tokens_per_forward):
+        if decoder is None:
+            gen, stats = sample_plain(model, plan, special, seeds, opts, progress, cancel)
+        else:
+            gen, stats = decoder.sample(model, plan, special, seeds, opts, progress, cancel)
     codes = gen
     if plan.layout.prefix_rows:
         prefix = torch.tensor(plan.cond_ids[len(plan.cond_ids) - plan.layout.prefix_rows * (plan.layout.w_lat + 1):],
