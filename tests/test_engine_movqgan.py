@@ -112,10 +112,12 @@ def test_quantizer_picks_nearest_code_by_hand():
 
 def test_decode_non_square_batched_grids():
     vq = tiny_movqgan()
-    codes = torch.randint(0, 64, (3, 5, 9))
+    codes = torch.randint(0, 64, (3, 5, 9), generator=torch.Generator().manual_seed(0))
     img = vq.decode(codes)
     assert img.shape == (3, 3, 40, 72)
-    assert torch.allclose(vq.decode(codes[1:2]), img[1:2], atol=1e-5)  # batching does not mix images
+    # batching does not mix images: the convolutions pick other kernels for another batch size, whose float32
+    # rounding reaches ~1e-5 on some draws; mixing images would move pixels by tenths
+    assert torch.allclose(vq.decode(codes[1:2]), img[1:2], atol=1e-4)
     with pytest.raises(ValueError, match="codes must lie in"):
         vq.decode(torch.full((1, 2, 2), 64))
 

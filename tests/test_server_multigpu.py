@@ -72,7 +72,7 @@ def test_interrupt_stops_both_ranks_and_free_leaves_no_worker(comfy):
     (stopped,) = run.of_type("execution_interrupted")
     assert stopped["node_type"] == "LuminaMGPT2Sampler"
     last = max(p["value"] for p in run.of_type("progress") if p["node"] == "3")
-    assert last < 128 and last <= seen["at"] + 6, (seen, last)
+    assert seen["at"] <= last < 128, (seen, last)  # row-exact stopping: tests/test_tp_workers.py
     workers = workers_of(comfy)
     assert len(workers) >= 2
     assert comfy.run(prompt(64, 62, "after"), timeout=300).status == "success"  # both ranks still in step

@@ -297,8 +297,11 @@ def test_clip_scorer_without_a_clip_model_is_http_400(comfy):
 
 
 @pytest.mark.parametrize("sjd", [False, True], ids=["plain", "sjd"])
-def test_interrupt_stops_a_long_generation_within_a_row(comfy, sjd):
-    """1024x1024 on the tiny model: 128 rows of 128 codes, far longer than the wait for the first rows."""
+def test_interrupt_stops_a_long_generation(comfy, sjd):
+    """1024x1024 on the tiny model: 128 rows of 128 codes, far longer than the wait for the first rows. When
+    the request lands depends on the client's round trip and the machine's load, so this checks that the run
+    stops early and the server goes on; that the sampler stops on the row where the interrupt is seen is
+    checked in-process, where it is deterministic (tests/test_nodes_memory.py)."""
     seen = {}
 
     def interrupt_after_two_rows(run, event):
@@ -313,10 +316,7 @@ def test_interrupt_stops_a_long_generation_within_a_row(comfy, sjd):
     (stopped,) = run.of_type("execution_interrupted")
     assert stopped["node_type"] == "LuminaMGPT2Sampler"
     last = max(p["value"] for p in run.of_type("progress") if p["node"] == "3")
-    # the margin is the client's round trip (websocket event -> POST /interrupt) on a busy machine, plus SJD
-    # reporting several rows at once; stopping within one row of the request is checked in-process
-    # (tests/test_nodes_memory.py)
-    assert last < 128 and last <= seen["at"] + 6, (seen, last)
+    assert seen["at"] <= last < 128, (seen, last)
     assert comfy.run(t2i(seed=62, prefix="after_interrupt")).status == "success"
 
 

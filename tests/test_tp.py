@@ -83,8 +83,10 @@ def reference(checkpoint):
 def test_ranks_match_the_single_process_model(tmp_path, checkpoint, reference, world):
     ranks = run_ranks(world, checkpoint, str(tmp_path))
     for r, out in enumerate(ranks):
-        torch.testing.assert_close(out["logits"], reference["logits"], rtol=0, atol=1e-5)
-        torch.testing.assert_close(out["code_logits"], reference["code_logits"], rtol=0, atol=1e-5)
+        # the shards' partial sums add up in another order: float32 rounding, measured up to 6e-6 on logits of
+        # magnitude ~7; 1e-4 holds that on any CPU and is still 100x below the smallest greedy gap here
+        torch.testing.assert_close(out["logits"], reference["logits"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(out["code_logits"], reference["code_logits"], rtol=0, atol=1e-4)
         assert out["cache_heads"] == CFG["num_key_value_heads"] // world  # the KV cache holds local heads only
         for name in RUNS:
             assert torch.equal(out[name], reference[name]), f"rank {r}: {name} codes differ"
