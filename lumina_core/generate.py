@@ -13,6 +13,7 @@ from .logits import SamplingOptions
 from .sampler import CancelFn, DecodeStats, ProgressFn, sample_plain
 from .tasks import ImageLayout, PromptPlan, TaskSpec, build_prompt, get_task
 from .threads import decode_threads
+from .tokenizer import check_text
 
 
 @dataclass
@@ -61,6 +62,9 @@ def plan_request(model, prompt: str, width: int, height: int, task="t2i", *, tok
     if tok is None:
         raise InputError("no text tokenizer: load the checkpoint folder with its tokenizer.json, or pass tokenizer=")
     spec = get_task(task) if isinstance(task, str) else task
+    check_text(prompt)  # here, so the position is the user's own (the template wraps the prompt in more text)
+    if subject_description is not None:
+        check_text(subject_description, "the subject description")
     if condition_image is not None:
         if condition_codes is not None:
             raise InputError("pass either condition_image or condition_codes, not both")

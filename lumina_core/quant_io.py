@@ -21,7 +21,7 @@ import struct
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .quant import INT4_GROUP, WEIGHT_FORMATS, Int4Linear, Int8Linear, quantized_linear, weight_format
 
 META_FORMAT = "lumina_quantization"
@@ -208,6 +208,8 @@ def save_quantized(model: nn.Module, folder: str, source: str | None = None, max
                               "pass source=")
     if os.path.abspath(folder) == os.path.abspath(source):
         raise CheckpointError("save the quantized model into a new folder, not over its source checkpoint")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"{folder} is a file, not a folder: choose another folder name.")
     os.makedirs(folder, exist_ok=True)
     stale = [n for n in os.listdir(folder) if n.endswith(".safetensors") or n == "model.safetensors.index.json"]
     for n in stale:

@@ -97,6 +97,18 @@ class Outcome:
     tokens_per_forward: float | None = None  # only with SJD: plain decoding makes one code per forward
 
 
+def check_image_tokenizer(model, image_tokenizer) -> None:
+    """The MoVQGAN given for previews, conditions or the CLIP scorer must be the checkpoint's: its codebook has
+    as many codes as the model makes (another one fails on the first code past its end, or decodes garbage)."""
+    if image_tokenizer is None:
+        return
+    want = model.tokenizer.special.num_image_codes
+    if image_tokenizer.num_codes != want:
+        raise InputError(f"the image tokenizer has {image_tokenizer.num_codes} codes but this model makes {want}: "
+                         "connect the MoVQGAN that belongs to the checkpoint (the sampler uses it for previews and "
+                         "the CLIP scorer), or disconnect it.")
+
+
 def check_request(request: Request, spec: TaskSpec, image_tokenizer=None) -> None:
     if spec.needs_condition and request.condition_codes is None:
         raise InputError(f"task {spec.name!r} starts from an image: connect a Lumina-mGPT 2.0 Condition Encoder "
@@ -120,6 +132,7 @@ def prepare_request(model, request: Request, image_tokenizer=None) -> PreparedRe
     and a config) and plan its prompt. A prompt or size the model cannot take fails here, before loading."""
     spec = get_task(request.task)
     check_request(request, spec, image_tokenizer)
+    check_image_tokenizer(model, image_tokenizer)
     canvas = canvas_size(spec, request.width, request.height)
     plan = plan_request(model, request.prompt, *canvas, spec, condition_codes=request.condition_codes)
     return PreparedRequest(request, spec, canvas, plan, task_warning(model, spec.name))

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import TokenizerError
+from .errors import InputError, TokenizerError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,17 @@ _RELEASED_NUM_CODES = 16384
 
 
 _RESERVED = re.compile(r"<reserved\d{5}>")
+
+
+def check_text(text: str, what: str = "the prompt") -> None:
+    """Text a tokenizer can take: a lone UTF-16 surrogate (U+D800-U+DFFF, e.g. from a client's broken
+    escaping of an emoji) is not a character of any encoding, and tokenizers fail on it with a bare
+    UnicodeEncodeError."""
+    for i, ch in enumerate(text):
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            raise InputError(f"{what} has a broken character at position {i} (a lone UTF-16 surrogate, "
+                             f"U+{ord(ch):04X}, usually half of an emoji escaped by the client): remove it or "
+                             "send the text as UTF-8.")
 
 
 def grid_token_name(units: int) -> str:
@@ -240,6 +251,7 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         """User text -> ids, always as text: whatever it contains, no special, grid or image-code id
         comes out (see the module docstring)."""
+        check_text(text, "the text")
         ids = self.backend.encode(text)
         if self.control_ids.isdisjoint(ids):
             return ids

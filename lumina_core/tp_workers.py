@@ -65,7 +65,11 @@ def parse_devices(devices) -> list[str]:
         indices = [torch.device(n).index or 0 for n in names]
         if len(set(indices)) != len(indices):
             raise InputError(f"each GPU may be listed once (NCCL needs one rank per GPU), got {', '.join(names)}")
-        if torch.cuda.is_available() and max(indices) >= torch.cuda.device_count():
+        if not torch.cuda.is_available():
+            raise InputError(f"{', '.join(names)} asks for CUDA GPUs but PyTorch sees none on this machine (a CPU "
+                             "build of PyTorch, or no NVIDIA driver): use the Model Loader, or 'cpu,cpu' to try "
+                             "the split on the CPU.")
+        if max(indices) >= torch.cuda.device_count():
             raise InputError(f"{', '.join(names)} asks for GPU {max(indices)} but this machine has "
                              f"{torch.cuda.device_count()}")
     return names
@@ -366,7 +370,7 @@ class TPWorkers:
             kind, rank = _recv(conn)
             by_rank[rank] = conn
         p.conns = [by_rank[r] for r in range(self.world)]
-        replies = self._collect(timeout_s=timeout_s)
+        replies = self._collect(timeout_s=timeout_s, doing="loading")
         self.info = [r[1] for r in replies]
         self.palette = self.info[0].get("palette")
         self.pids = [proc.pid for proc in p.procs]
@@ -393,7 +397,7 @@ class TPWorkers:
                           + (f"\nIts last output:\n{tail}" if tail else ""))
 
     # --- requests
-    def _collect(self, progress=None, cancel=None, timeout_s: float | None = None) -> list:
+    def _collect(self, progress=None, cancel=None, timeout_s: float | None = None, doing: str = "generation") -> list:
         """Wait for one reply from every rank, answering each row rank 0 reports: progress(...), then cancel()."""
         p = self._p
         replies: list = [None] * self.world
@@ -442,11 +446,11 @@ class TPWorkers:
             if len(errors) < self.world:  # only some ranks failed (others may wait in a collective): start afresh
                 rank = replies.index(errors[0])
                 self.close()
-                raise WorkerDied(f"Multi-GPU worker {rank} ({self.devices[rank]}) failed ({name}: {text}); all "
-                                 f"workers were stopped, run the Multi-GPU Loader again.\n{trace}")
+                raise WorkerDied(f"Multi-GPU worker {rank} ({self.devices[rank]}) failed while {doing} ({name}: "
+                                 f"{text}); all workers were stopped, run the Multi-GPU Loader again.\n{trace}")
             if name in ("InputError", "CheckpointError"):
                 raise (InputError if name == "InputError" else CheckpointError)(text)
-            raise LuminaError(f"Multi-GPU generation failed ({name}: {text})\n{trace}")
+            raise LuminaError(f"Multi-GPU {doing} failed ({name}: {text})\n{trace}")
         if interrupted is not None:
             raise interrupted
         if any(r[0] == "cancelled" for r in replies):
@@ -461,7 +465,7 @@ class TPWorkers:
             raise WorkerDied("this Multi-GPU model was closed; run the Multi-GPU Loader again")
         for conn in self._p.conns:
             _send(conn, (op, req))
-        return self._collect(progress, cancel)[0][1]
+        return self._collect(progress, cancel, doing={"generate": "generation", "chunk_size": "sizing best-of-N chunks"}[op])[0][1]
 
     def generate(self, prompt: str, width: int = 768, height: int = 768, *, task="t2i", seed: int = 0,
                  batch_size: int = 1, seeds: list[int] | None = None, cfg: float = 4.0, top_k: int = 4096,

@@ -6,13 +6,15 @@ read the same on all of them. Each fact is probed from the running ComfyUI, not 
 | PREPARE_CLASS_CLONE takes     | the hidden-inputs dict          | V3 data: {"hidden_inputs": {...}}             |
 | ProgressBar updates           | every update is sent            | first, last and preview updates at once,      |
 |                               |                                 | others at most every 0.1 s (throttled)        |
-| V3 combo values               | not checked by the executor     | checked, unless validate_inputs takes them    |
+| V3 combo values               | not checked by the executor     | checked (one error under the input), unless   |
+|                               | (our nodes check when they run) | validate_inputs takes them                    |
 | default model patcher         | ModelPatcher                    | ModelPatcherDynamic on NVIDIA (dynamic VRAM)  |
 | comfy.ops layers              | weights allocated at init       | with dynamic VRAM: Linear weight None,        |
 |                               |                                 | Embedding weight on meta until loaded         |
 
-Every node checks its own combo values in validate_inputs (needed on 0.3.75; on 0.33 it replaces the
-executor's check for those inputs, so users get the same message everywhere).
+No node takes a combo in validate_inputs (but the checkpoint lists, whose message says where files go): a
+failed validate_inputs is filed under every input it takes (validation.py), so on 0.33 the executor's own
+check gives one error per bad value; on 0.3.75 the nodes refuse a bad value when they run.
 """
 from __future__ import annotations
 

@@ -57,8 +57,9 @@ class ConditionEncoder(io.ComfyNode):
         return [choice_problem("preprocess", preprocess, maps.PREPROCESSORS), size_problem(width, height), thresholds]
 
     @classmethod
-    def validate_inputs(cls, preprocess: str, width: int, height: int, canny_low: int, canny_high: int) -> bool | str:
-        return first_problem(*cls.problems(preprocess, width, height, canny_low, canny_high))
+    def validate_inputs(cls, canny_low: int, canny_high: int) -> bool | str:
+        # the one check a user can get wrong on the canvas; the size (API only) and the combo are checked in execute
+        return first_problem(*cls.problems(None, None, None, canny_low, canny_high))
 
     @classmethod
     def execute(cls, image_tokenizer, image, preprocess: str, width: int, height: int, canny_low: int,

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..lumina_core import InputError, crop_codes, decode_images
 from . import memory
 from .types import CATEGORY, ImageTokenizerType, TokensType
-from .validation import choice_problem, first_problem, require
+from .validation import choice_problem, require
 
 PANELS = ("output", "other panel", "full canvas")
 OTHER = {"upper": "lower", "lower": "upper", "full": "full"}
@@ -44,10 +44,6 @@ class Decode(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="IMAGE [batch, height, width, 3], values 0..1.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, panel: str) -> bool | str:
-        return first_problem(choice_problem("panel", panel, PANELS))
 
     @classmethod
     def execute(cls, tokens, image_tokenizer, panel: str) -> io.NodeOutput:

@@ -19,7 +19,7 @@ from ..lumina_core.model import ATTENTION_BACKENDS
 from ..lumina_core.model_files import list_image_tokenizers, list_transformers, resolve
 from . import memory
 from .types import CATEGORY, ImageTokenizer, ImageTokenizerType, LuminaModel, ModelType
-from .validation import choice_problem, first_problem
+from .validation import choice_problem, first_problem, require
 
 log = logging.getLogger(__name__)
 FOLDER_KEY = "lumina_mgpt"
@@ -79,14 +79,14 @@ class ModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, checkpoint: str, dtype: str, attention: str, quantization: str = "auto") -> bool | str:
-        return first_problem(choice_problem("checkpoint", checkpoint, list_transformers(model_folders())),
-                             choice_problem("dtype", dtype, ["auto", *memory.DTYPES]),
-                             choice_problem("attention", attention, ATTENTION_BACKENDS),
-                             choice_problem("quantization", quantization, LOADER_QUANTIZATIONS))
+    def validate_inputs(cls, checkpoint: str) -> bool | str:  # one input, one error (validation.py)
+        return first_problem(choice_problem("checkpoint", checkpoint, list_transformers(model_folders())))
 
     @classmethod
     def execute(cls, checkpoint: str, dtype: str, attention: str, quantization: str = "auto") -> io.NodeOutput:
+        require(choice_problem("dtype", dtype, ["auto", *memory.DTYPES]),
+                choice_problem("attention", attention, ATTENTION_BACKENDS),
+                choice_problem("quantization", quantization, LOADER_QUANTIZATIONS))
         folder = resolve(checkpoint, list_transformers(model_folders()), "checkpoint", model_folders())
         load_device = mm.get_torch_device()
         weight, compute = memory.pick_dtypes(dtype, load_device, _weights_bytes(folder) // 2)

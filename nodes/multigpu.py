@@ -8,12 +8,25 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
+from ..lumina_core import InputError
 from ..lumina_core.model import ATTENTION_BACKENDS
 from ..lumina_core.model_files import list_transformers, resolve
 from ..lumina_core.tp_workers import TPWorkers, parse_devices
 from .loaders import QUANTIZATIONS, model_folders
 from .types import CATEGORY, ModelType
-from .validation import choice_problem, first_problem
+from .validation import choice_problem, first_problem, require
+
+
+def devices_problem(devices: str | None) -> str | None:
+    """Why `devices` cannot be split over here (the engine's InputError says what to type instead), or None."""
+    if devices is None:  # linked: checked at run time
+        return None
+    try:
+        parse_devices(devices)
+    except InputError as e:
+        return str(e)
+    return None
+
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
@@ -64,21 +77,16 @@ class MultiGPULoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, checkpoint: str, devices: str, dtype: str, quantization: str,
-                        attention: str = "sdpa") -> bool | str:
-        try:
-            parse_devices(devices)
-            devices_problem = None
-        except Exception as e:  # InputError with what to type instead
-            devices_problem = str(e)
-        return first_problem(choice_problem("checkpoint", checkpoint, list_transformers(model_folders())),
-                             devices_problem, choice_problem("dtype", dtype, DTYPES),
-                             choice_problem("quantization", quantization, QUANTIZATIONS),
-                             choice_problem("attention", attention, ATTENTION_BACKENDS))
+    def validate_inputs(cls, devices: str) -> bool | str:
+        # one input, one error (validation.py); the combos: ComfyUI 0.33 checks them itself, execute on 0.3.75
+        return first_problem(devices_problem(devices))
 
     @classmethod
     def execute(cls, checkpoint: str, devices: str, dtype: str, quantization: str,
                 attention: str = "sdpa") -> io.NodeOutput:
+        require(devices_problem(devices), choice_problem("dtype", dtype, DTYPES),
+                choice_problem("quantization", quantization, QUANTIZATIONS),
+                choice_problem("attention", attention, ATTENTION_BACKENDS))
         folder = resolve(checkpoint, list_transformers(model_folders()), "checkpoint", model_folders())
         # the workers are processes of their own that ComfyUI's memory manager does not see: make room first
         mm.unload_all_models()

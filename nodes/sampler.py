@@ -99,8 +99,9 @@ class Sampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, task: str, width: int, height: int, cfg: float, temperature: float) -> bool | str:
-        return first_problem(*cls.problems(task, width, height, cfg, temperature))
+    def validate_inputs(cls, width: int, height: int, cfg: float, temperature: float) -> bool | str:
+        # not the task: ComfyUI 0.33 checks combos itself (one error under the input), execute checks it on 0.3.75
+        return first_problem(*cls.problems(None, width, height, cfg, temperature))
 
     @classmethod
     def problems(cls, task, width, height, cfg, temperature) -> list[str | None]:

@@ -55,12 +55,8 @@ class SJDSettings(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, init: str, mode: str) -> bool | str:
-        return first_problem(choice_problem("init", init, INITS), choice_problem("mode", mode, MODES))
-
-    @classmethod
     def execute(cls, window: int, init: str, mode: str) -> io.NodeOutput:
-        require(cls.validate_inputs(init, mode))
+        require(choice_problem("init", init, INITS), choice_problem("mode", mode, MODES))
         return io.NodeOutput({"window": window, "init": init, "mode": mode})
 
 
@@ -92,13 +88,12 @@ class SamplingSettings(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, top_p: float, top_n_sigma: float, cfg_mode: str) -> bool | str:
-        return first_problem(*float_problems(cls, top_p=top_p, top_n_sigma=top_n_sigma),
-                             choice_problem("cfg_mode", cfg_mode, CFG_MODES))
+    def validate_inputs(cls, top_p: float, top_n_sigma: float) -> bool | str:
+        return first_problem(*float_problems(cls, top_p=top_p, top_n_sigma=top_n_sigma))
 
     @classmethod
     def execute(cls, top_p: float, top_n_sigma: float, guidance_top_k: int, cfg_mode: str) -> io.NodeOutput:
-        require(cls.validate_inputs(top_p, top_n_sigma, cfg_mode))
+        require(cls.validate_inputs(top_p, top_n_sigma), choice_problem("cfg_mode", cfg_mode, CFG_MODES))
         return io.NodeOutput({"top_p": top_p, "top_n_sigma": top_n_sigma, "guidance_top_k": guidance_top_k,
                               "cfg_mode": cfg_mode})
 

@@ -1,15 +1,22 @@
 """Input checks that run when a prompt is queued (failures come back as HTTP 400 with node_errors), and the
 width/height widgets they check.
 
-ComfyUI 0.3.75 does not check V3 combo values against their options, so every node checks its own. A widget
-fed by a link (e.g. one Int node driving the width of the sampler and the condition encoder) reaches
-validate_inputs as None: its value only exists at run time, so the checks pass it here and nodes repeat
-them in execute with `require`.
+One problem, one error: ComfyUI files a failed validate_inputs under every input the method takes (a problem
+with the width of a method taking five inputs was five errors, "task - image size must be..."), so each
+node's validate_inputs takes only the inputs its checks read, and the executor's own checks do the rest: it
+checks combo values itself on 0.33 (one error, under the input) and min/max for every input validate_inputs
+does not take. ComfyUI 0.3.75 does not check V3 combos: there the nodes refuse a bad combo value when they run
+(`require` in execute), with the same message. A widget fed by a link (e.g. one Int node driving the width of
+the sampler and the condition encoder) reaches validate_inputs as None: its value only exists at run time,
+so the checks pass it here and nodes repeat them in execute with `require`.
 
 Float inputs: ComfyUI checks min/max only for inputs that validate_inputs does not take, and NaN passes
 any comparison (`nan < 0` and `nan > 20` are both False), so a NaN cfg would run and then sit in
 /history as bare NaN, which is not JSON. Every node therefore takes all its float inputs in
-validate_inputs and checks them with `float_problems`, which reads the bounds from the node's schema."""
+validate_inputs and checks them with `float_problems`, which reads the bounds from the node's schema. That is
+why the Sampler's one size problem still comes back under width, height, cfg and temperature (the same
+message four times, never under the other inputs): ComfyUI gives a node no way to name the input a problem is
+about, and NaN can only be refused before it reaches /history there."""
 from __future__ import annotations
 
 import math
