@@ -11,12 +11,10 @@ import pytest
 from safetensors.torch import save_file
 
 from builders import tiny_movqgan
-from conftest import COMFY_VERSION
+from conftest import HOST_CHECKS_COMBOS
 from test_server_nodes import t2i
 
 pytestmark = [pytest.mark.server]
-
-HOST_CHECKS_COMBOS = COMFY_VERSION != "0.3.75"
 
 
 def errors_of(body: dict, node: str) -> list[dict]:
