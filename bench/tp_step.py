@@ -83,7 +83,7 @@ def rank_main(rank, world, port, layers, context, commands, results):
         times = time_steps(model, context, cmd, barrier=torch.distributed.barrier)
         if rank == 0:
             results.put(("times", times))
-    torch.distributed.destroy_process_group()
+    tp.leave_group()
 
 
 def main(argv=None) -> None:
@@ -98,7 +98,8 @@ def main(argv=None) -> None:
     ctx = mp.get_context("spawn")
     commands = [ctx.Queue() for _ in range(world)]
     results = ctx.Queue()
-    port = tp.free_port()
+    meeting = tp.Rendezvous()  # held by this process for the ranks' lifetime
+    port = meeting.port
     procs = [ctx.Process(target=rank_main, args=(r, world, port, args.layers, args.context, commands, results),
                          daemon=True) for r in range(world)]
     for proc in procs:

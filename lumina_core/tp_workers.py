@@ -7,7 +7,7 @@ with multiprocessing's spawn: spawn re-runs the host's main module in every chil
 every custom node's prestartup script) and pickles by module name (ComfyUI imports packs under path-like
 names a child cannot import). Requests and replies travel over multiprocessing.connection sockets on
 127.0.0.1 with a random authkey, as plain dicts and tensors; the ranks meet in a torch.distributed group
-(tcp:// rendezvous on a free 127.0.0.1 port; gloo on CPU, NCCL on GPUs).
+(a store the parent holds on a free 127.0.0.1 port, tp.Rendezvous; gloo on CPU, NCCL on GPUs).
 
 Lifetime: close() (also when the handle is garbage collected or the parent exits) stops every worker;
 a worker whose parent dies (its parent pid changes) or whose connection closes exits by itself; a worker
@@ -248,9 +248,8 @@ def worker_main() -> None:
     try:
         worker.serve()
     finally:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        from .tp import leave_group
+        leave_group()
 
 
 # ======================================================================================== parent side
@@ -262,6 +261,7 @@ class _Processes:
         self.conns: list = []
         self.logs: list[str] = []
         self.listener = None
+        self.rendezvous = None  # the group's store: held here, so it outlives every worker
 
     def stop(self, grace_s: float = 5.0) -> None:
         for conn in self.conns:
@@ -284,6 +284,9 @@ class _Processes:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+        if self.rendezvous is not None:
+            self.rendezvous.close()
+            self.rendezvous = None
         self.conns = []
         for log in self.logs:  # the workers' output, read for the error message of one that died
             try:
@@ -333,11 +336,12 @@ class TPWorkers:
 
     # --- lifetime
     def _start(self, dtype, quantization, attention, threads, timeout_s) -> None:
-        from .tp import free_port
+        from .tp import Rendezvous
         p = self._p
         authkey = secrets.token_bytes(32)
         p.listener = Listener(("127.0.0.1", 0), authkey=authkey)
-        port = free_port()
+        p.rendezvous = Rendezvous()
+        port = p.rendezvous.port
         if threads is None and self.devices[0] == "cpu":
             threads = max(1, (os.cpu_count() or 1) // self.world)
         code = f"import sys; sys.path.insert(0, {ROOT!r}); from lumina_core.tp_workers import worker_main; worker_main()"

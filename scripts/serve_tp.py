@@ -19,7 +19,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 from lumina_core import LuminaMGPT, MoVQGAN, SJDecoder, decode_images, generate, tp  # noqa: E402
 from lumina_core.image_prep import unit_bhwc_to_pil  # noqa: E402
@@ -69,7 +68,7 @@ def main(argv=None) -> None:
             print(f"{args.out}: {st.image_tokens} codes in {st.seconds:.1f} s on {shard.world} ranks "
                   f"({st.forwards} forwards)")
     finally:
-        dist.destroy_process_group()
+        tp.leave_group()
 
 
 if __name__ == "__main__":

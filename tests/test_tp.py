@@ -55,11 +55,15 @@ def _rank_main(rank, world, port, folder, results, quantization):
         out["resident"] = tp.resident_weight_bytes(model)
         torch.save(out, os.path.join(results, f"rank{rank}.pt"))
     finally:
-        torch.distributed.destroy_process_group()
+        tp.leave_group()
 
 
 def run_ranks(world, folder, results, quantization=None):
-    mp.spawn(_rank_main, args=(world, tp.free_port(), folder, results, quantization), nprocs=world, join=True)
+    meeting = tp.Rendezvous()  # held here, not by rank 0, so it outlives every rank
+    try:
+        mp.spawn(_rank_main, args=(world, meeting.port, folder, results, quantization), nprocs=world, join=True)
+    finally:
+        meeting.close()
     return [torch.load(os.path.join(results, f"rank{r}.pt")) for r in range(world)]
 
 
