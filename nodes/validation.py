@@ -66,7 +66,7 @@ def first_problem(*problems: str | None) -> bool | str:
 def require(*problems: str | bool | None) -> None:
     """The same checks at run time, when linked values are known: raise the first problem (also takes
     validate_inputs' own result, True or a problem)."""
-    problem = first_problem(*problems)
+    problem = first_problem(*(p for p in problems if p is not True))
     if problem is not True:
         raise InputError(problem)
 

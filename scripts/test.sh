@@ -37,15 +37,15 @@ for i in "${!HOSTS[@]}"; do
   set -e
   # 5: nothing collected (an -k that selects only engine tests leaves nothing for the older hosts)
   if [ "$rc" != 0 ] && ! { [ "$rc" = 5 ] && [ "$i" -gt 0 ]; }; then status="$rc"; fi
-  rows+=("ComfyUI $v ($([ "$i" -gt 0 ] && echo "host tests" || echo "whole suite")): $({ grep -E "^=+ .*(passed|failed|error|skipped|no tests ran).* in [0-9.]+s" "$LOGS/$v.log" || echo "pytest printed no summary (exit $rc)"; } | tail -1 | sed -E 's/^=+ //; s/ =+$//')")
+  rows+=("ComfyUI $v ($([ "$i" -gt 0 ] && echo "host tests" || echo "whole suite")): $({ grep -E "^(=+ )?[0-9]+ (passed|failed|error|skipped|deselected)|no tests ran" "$LOGS/$v.log" || echo "pytest printed no summary (exit $rc)"; } | tail -1 | sed -E 's/^=+ //; s/ =+$//')")
 done
 echo
 echo "[test] summary"
 for r in "${rows[@]}"; do echo "[test]   $r"; done
-# only the summary lines count (one per host); failures include errors
+# only the summary lines count (one per host, framed by ===== unless pytest runs with -q); failures include errors
 passed=0; failed=0; skipped=0
 for log in "$LOGS"/*.log; do
-  line="$({ grep -E "^=+ .*(passed|failed|error|skipped|no tests ran).* in [0-9.]+s" "$log" || true; } | tail -1)"
+  line="$({ grep -E "^(=+ )?[0-9]+ (passed|failed|error|skipped|deselected)|no tests ran" "$log" || true; } | tail -1)"
   n() { echo "$line" | { grep -oE "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
   passed=$((passed + $(n passed))); failed=$((failed + $(n failed) + $(n error))); skipped=$((skipped + $(n skipped)))
 done

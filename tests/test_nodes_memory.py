@@ -239,7 +239,7 @@ def test_loader_lists_and_rejects_names(nodes):
     from lumina_pack.lumina_core import CheckpointError
     options = nodes.loaders.ModelLoader.GET_NODE_INFO_V1()["input"]["required"]["checkpoint"][1]["options"]
     assert TINY_CHECKPOINT in options
-    assert nodes.loaders.ModelLoader.validate_inputs("../" + TINY_CHECKPOINT, "auto", "sdpa") is not True
+    assert nodes.loaders.ModelLoader.validate_inputs("../" + TINY_CHECKPOINT) is not True
     with pytest.raises(CheckpointError, match="is a path"):
         nodes.loaders.ModelLoader.execute("../" + TINY_CHECKPOINT, "auto", "sdpa")
 
