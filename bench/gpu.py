@@ -14,116 +14,35 @@ What it does (each mode in its own try/except, so one failure still prints the r
    eager plain run (greedy); SJD greedy must equal plain greedy.
 SJD seconds per image assume --sjd-accept image codes per forward (default 2.2, the published SJD figure;
 random weights make acceptance meaningless, so bench/forward_passes.py measures it on the demo model).
+The 7B-shape set-up and timing helpers live in bench/gpu_setup.py (shared with bench/gpu_check.py, the
+pass/fail checks of every GPU-only path).
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
-import math
 import os
 import sys
 import time
 import traceback
-import types
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-
-def import_engine():
-    """The decode path needs only torch; the package __init__ also imports image helpers (numpy, PIL).
-    Without them, load the submodules directly."""
-    try:
-        import lumina_core  # noqa: F401
-    except ImportError as e:
-        print(f"[note] lumina_core/__init__ needs {e.name}; importing the torch-only submodules directly")
-        for name in [m for m in sys.modules if m == "lumina_core" or m.startswith("lumina_core.")]:
-            del sys.modules[name]
-        pkg = types.ModuleType("lumina_core")
-        pkg.__path__ = [os.path.join(ROOT, "lumina_core")]
-        sys.modules["lumina_core"] = pkg
-
-
-import_engine()
-from lumina_core.config import LuminaConfig  # noqa: E402
+from bench.gpu_setup import (GIB, IMAGE, Clock, build_model, copy_bandwidth, describe, integrate,  # noqa: E402
+                             make_plan, plain_step_ms, shapes, sjd_window_ms)
+from lumina_core import rng  # noqa: E402
 from lumina_core.fast import StepRunner, compile_layers  # noqa: E402
 from lumina_core.kv_cache import KVCache  # noqa: E402
 from lumina_core.logits import SamplingOptions  # noqa: E402
-from lumina_core.model import LuminaMGPT  # noqa: E402
 from lumina_core.quant import Int8Linear, int8pack_works, linear_weight_bytes, quantize_int8_, triton_works  # noqa: E402
 from lumina_core.sampler import Session, pick_codes, sample_plain  # noqa: E402
 from lumina_core.sjd import JacobiRun, SJDecoder  # noqa: E402
-from lumina_core.tasks import ImageLayout, PromptPlan, get_task  # noqa: E402
-from lumina_core.tokenizer import SpecialTokens  # noqa: E402
-from lumina_core import rng  # noqa: E402
-
-PROMPT_TOKENS = 150           # a typical t2i prompt (template + caption)
-IMAGE = 768
-GIB = 2**30
 
 
-# ----------------------------------------------------------------------------- setup
-def shapes(tiny: bool) -> tuple[LuminaConfig, SpecialTokens]:
-    if tiny:
-        cfg = LuminaConfig(vocab_size=8192, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=10240)
-        special = SpecialTokens(bos=0, image_start=1, image_end=2, row_end=3, separator=4,
-                                image_code_start=4096, num_image_codes=4096)
-    else:
-        cfg = LuminaConfig()  # the released 7B shapes
-        special = SpecialTokens(bos=0, image_start=8197, image_end=8196, row_end=8799, separator=8706,
-                                image_code_start=155000, num_image_codes=16384)
-    return cfg, special
-
-
-def build_model(cfg, device, dtype):
-    torch.manual_seed(0)
-    model = LuminaMGPT(cfg, device=device, dtype=dtype)  # default init, on the device directly: seconds
-    with torch.no_grad():
-        # peaked logits (std ~10) so greedy choices are not near-ties that rounding could flip
-        model.lm_head.weight.mul_(20)
-    return model.eval().requires_grad_(False)
-
-
-def make_plan(special, size: int) -> PromptPlan:
-    head = [special.image_start, special.separator + 1, special.separator + 1]  # grid ids: only their count matters
-    cond = [special.bos] + list(range(100, 100 + PROMPT_TOKENS - 5)) + [special.separator] + head
-    return PromptPlan(get_task("t2i"), ImageLayout(size, size), cond, head, "benchmark prompt")
-
-
-class Clock:
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def time(self, fn, n: int, warm: int) -> float:
-        """Mean milliseconds of fn() over n calls after warm calls."""
-        for _ in range(warm):
-            fn()
-        self.sync()
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        self.sync()
-        return (time.perf_counter() - t) * 1000 / n
-
-
-def copy_bandwidth(device, clock, tiny: bool) -> float:
-    """Bytes per second of a large device copy (read + write)."""
-    n = (16 if tiny else 2048) * 2**20 // 2
-    x = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
-    y = torch.empty_like(x)
-    ms = clock.time(lambda: y.copy_(x), n=10, warm=3)
-    del x, y
-    return 2 * n * 2 / (ms / 1000)
-
-
+# ----------------------------------------------------------------------------- single ops
 def micro(cfg, device, dtype, clock, bandwidth, tiny: bool) -> list[tuple[str, float, float]]:
     """Single ops at the 7B shapes: (name, ms, effective GB/s of the bytes they must read)."""
     from lumina_core.model import matmul_attention
@@ -199,27 +118,11 @@ class Bench:
 
     # -- one plain step at a fixed KV length: the sampler's inner loop (step + pick), then roll back
     def plain_ms(self, session, context: int) -> float:
-        B = 1
-        tokens = torch.full((B, 1), self.special.image_code_start, dtype=torch.long, device=self.device)
-        counter = torch.zeros(B, dtype=torch.long, device=self.device)
-
-        def one():
-            session.cache.length = context - 1
-            logits = session.step(tokens, self.rows)[:, -1]
-            codes, _ = pick_codes(logits, session, self.opts, 4.0, self.seed_t, counter)
-            tokens.copy_((codes + self.special.image_code_start)[:, None])
-        return self.clock.time(one, n=self.args.steps, warm=3)
+        return plain_step_ms(session, self.special, self.opts, context, self.clock, self.args.steps)
 
     # -- one SJD window at a fixed KV length: JacobiRun.iterate with its state pinned there
     def sjd_ms(self, run: JacobiRun, context: int) -> float:
-        body = context - run.base
-
-        def one():  # in place: a captured verification graph holds these tensors
-            run.done.fill_(body)
-            run.fed.fill_(body - 1)
-            run.done_host = [body]
-            run.iterate()
-        return self.clock.time(one, n=max(5, self.args.steps // 4), warm=3)
+        return sjd_window_ms(run, context, self.clock, max(5, self.args.steps // 4))
 
     def check_small(self, forward, sjd: bool) -> float:
         """Token check on a 128x128 image with the same weights and attention backend.
@@ -429,27 +332,6 @@ class Bench:
             with open(a.json, "w") as f:
                 json.dump(dict(device=describe(self.device), torch=torch.__version__, bandwidth=self.bandwidth,
                                contexts=self.contexts, rows=self.rows_out, micro=self.micro_rows, args=vars(a)), f, indent=1, default=str)
-
-
-def integrate(contexts, values, span) -> float:
-    """Mean of the piecewise-linear interpolation of values(context) over [span0, span1]."""
-    lo, hi = span
-    grid = torch.linspace(lo, hi, 257).tolist()
-    def at(x):
-        if x <= contexts[0]:
-            return values[0] if len(contexts) == 1 else values[0] + (values[1] - values[0]) * (x - contexts[0]) / (contexts[1] - contexts[0])
-        for (c0, v0), (c1, v1) in zip(zip(contexts, values), zip(contexts[1:], values[1:])):
-            if x <= c1:
-                return v0 + (v1 - v0) * (x - c0) / (c1 - c0)
-        return values[-1]
-    return sum(max(0.0, at(x)) for x in grid) / len(grid)
-
-
-def describe(device) -> str:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return f"{p.name} ({p.total_memory / GIB:.0f} GiB)"
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 def main(argv=None):
