@@ -26,14 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lumina_core import rng  # noqa: E402
-from lumina_core.config import LuminaConfig  # noqa: E402
-from lumina_core.logits import SamplingOptions  # noqa: E402
-from lumina_core.model import LuminaMGPT, apply_rope  # noqa: E402
-from lumina_core.quant import quantize_int8_  # noqa: E402
-from lumina_core.sampler import Session, pick_codes  # noqa: E402
-from lumina_core.tasks import ImageLayout, PromptPlan, get_task  # noqa: E402
-from lumina_core.tokenizer import SpecialTokens  # noqa: E402
+from lumina_core.decoding import rng  # noqa: E402
+from lumina_core.model.config import LuminaConfig  # noqa: E402
+from lumina_core.decoding.logits import SamplingOptions  # noqa: E402
+from lumina_core.model.transformer import LuminaMGPT, apply_rope  # noqa: E402
+from lumina_core.memory.quant import quantize_int8_  # noqa: E402
+from lumina_core.decoding.sampler import Session, pick_codes  # noqa: E402
+from lumina_core.decoding.tasks import ImageLayout, PromptPlan, get_task  # noqa: E402
+from lumina_core.model.tokenizer import SpecialTokens  # noqa: E402
 
 SPECIAL = SpecialTokens(bos=0, image_start=8197, image_end=8196, row_end=8799, separator=8706,
                         image_code_start=155000, num_image_codes=16384)

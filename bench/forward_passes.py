@@ -23,10 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from lumina_core import SamplingOptions, best_of_n, generate  # noqa: E402
-from lumina_core.generate import GenerationResult  # noqa: E402
-from lumina_core.sampler import DecodeStats  # noqa: E402
-from lumina_core.scorers import CLIPScorer  # noqa: E402
-from lumina_core.sjd import SJDecoder  # noqa: E402
+from lumina_core.decoding.generate import GenerationResult  # noqa: E402
+from lumina_core.decoding.sampler import DecodeStats  # noqa: E402
+from lumina_core.decoding.scorers import CLIPScorer  # noqa: E402
+from lumina_core.decoding.sjd import SJDecoder  # noqa: E402
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle to the left of a yellow circle",
            "a purple diamond and an orange square", "three circles"]

@@ -33,20 +33,20 @@ import torch  # noqa: E402
 
 from bench.gpu_setup import (GIB, IMAGE, Clock, build_model, copy_bandwidth, describe, integrate,  # noqa: E402
                              make_plan, plain_step_ms, shapes, sjd_window_ms)
-from lumina_core import rng  # noqa: E402
-from lumina_core.fast import StepRunner, compile_layers  # noqa: E402
-from lumina_core.kv_cache import KVCache  # noqa: E402
-from lumina_core.logits import SamplingOptions  # noqa: E402
-from lumina_core.quant import Int8Linear, int8pack_works, linear_weight_bytes, quantize_int8_, triton_works  # noqa: E402
-from lumina_core.sampler import Session, pick_codes, sample_plain  # noqa: E402
-from lumina_core.sjd import JacobiRun, SJDecoder  # noqa: E402
+from lumina_core.decoding import rng  # noqa: E402
+from lumina_core.decoding.fast import StepRunner, compile_layers  # noqa: E402
+from lumina_core.memory.kv_cache import KVCache  # noqa: E402
+from lumina_core.decoding.logits import SamplingOptions  # noqa: E402
+from lumina_core.memory.quant import Int8Linear, int8pack_works, linear_weight_bytes, quantize_int8_, triton_works  # noqa: E402
+from lumina_core.decoding.sampler import Session, pick_codes, sample_plain  # noqa: E402
+from lumina_core.decoding.sjd import JacobiRun, SJDecoder  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- single ops
 def micro(cfg, device, dtype, clock, bandwidth, tiny: bool) -> list[tuple[str, float, float]]:
     """Single ops at the 7B shapes: (name, ms, effective GB/s of the bytes they must read)."""
-    from lumina_core.model import matmul_attention
-    from lumina_core.quant import Int8Linear
+    from lumina_core.model.transformer import matmul_attention
+    from lumina_core.memory.quant import Int8Linear
     out = []
     C, F, H, D = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim
     S = 512 if tiny else 9312

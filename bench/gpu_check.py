@@ -60,18 +60,18 @@ import torch  # noqa: E402
 
 from bench.gpu_setup import (GIB, IMAGE, ROOT, Clock, build_model, copy_bandwidth, describe, integrate,  # noqa: E402
                              make_plan, plain_step_ms, shapes, sjd_window_ms)
-from lumina_core import rng  # noqa: E402
-from lumina_core.fast import StepRunner  # noqa: E402
-from lumina_core.kv_cache import kv_cache_format  # noqa: E402
-from lumina_core.logits import SamplingOptions, guide  # noqa: E402
-from lumina_core.placement import move_embeddings_to_host_  # noqa: E402
-from lumina_core.planner import DEFAULT_WORKSPACE, Request, estimate  # noqa: E402
-from lumina_core.quant import (Int4Linear, Int8Linear, dequantize_int4, int4_group_size, int8pack_works,  # noqa: E402
+from lumina_core.decoding import rng  # noqa: E402
+from lumina_core.decoding.fast import StepRunner  # noqa: E402
+from lumina_core.memory.kv_cache import kv_cache_format  # noqa: E402
+from lumina_core.decoding.logits import SamplingOptions, guide  # noqa: E402
+from lumina_core.memory.placement import move_embeddings_to_host_  # noqa: E402
+from lumina_core.memory.planner import DEFAULT_WORKSPACE, Request, estimate  # noqa: E402
+from lumina_core.memory.quant import (Int4Linear, Int8Linear, dequantize_int4, int4_group_size, int8pack_works,  # noqa: E402
                                linear_weight_bytes, quantize_int4_, quantize_int8_)
-from lumina_core.quant_triton import triton as triton_module  # noqa: E402
-from lumina_core.quant_triton import w4_block_k  # noqa: E402
-from lumina_core.sampler import Session, pick_codes, sample_plain  # noqa: E402
-from lumina_core.sjd import JacobiRun, SJDecoder  # noqa: E402
+from lumina_core.memory.triton_kernels import triton as triton_module  # noqa: E402
+from lumina_core.memory.triton_kernels import w4_block_k  # noqa: E402
+from lumina_core.decoding.sampler import Session, pick_codes, sample_plain  # noqa: E402
+from lumina_core.decoding.sjd import JacobiRun, SJDecoder  # noqa: E402
 
 PARTS = ("correctness", "speed", "memory", "comfyui")
 SMALL = 128                   # the correctness image: 16x16 codes

@@ -34,12 +34,12 @@ def import_engine():
 
 
 import_engine()
-from lumina_core import rng  # noqa: E402
-from lumina_core.config import LuminaConfig  # noqa: E402
-from lumina_core.model import LuminaMGPT  # noqa: E402
-from lumina_core.sampler import pick_codes  # noqa: E402
-from lumina_core.tasks import ImageLayout, PromptPlan, get_task  # noqa: E402
-from lumina_core.tokenizer import SpecialTokens  # noqa: E402
+from lumina_core.decoding import rng  # noqa: E402
+from lumina_core.model.config import LuminaConfig  # noqa: E402
+from lumina_core.model.transformer import LuminaMGPT  # noqa: E402
+from lumina_core.decoding.sampler import pick_codes  # noqa: E402
+from lumina_core.decoding.tasks import ImageLayout, PromptPlan, get_task  # noqa: E402
+from lumina_core.model.tokenizer import SpecialTokens  # noqa: E402
 
 PROMPT_TOKENS = 150           # a typical t2i prompt (template + caption)
 IMAGE = 768

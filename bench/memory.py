@@ -37,8 +37,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from lumina_core.config import LuminaConfig  # noqa: E402
-from lumina_core.planner import GiB, PLAN_ORDER, Request, estimate, plan_memory, table  # noqa: E402
+from lumina_core.model.config import LuminaConfig  # noqa: E402
+from lumina_core.memory.planner import GiB, PLAN_ORDER, Request, estimate, plan_memory, table  # noqa: E402
 
 CARDS = (8, 12, 16, 24, 80)
 SYSTEM_RESERVE = 0.75 * GiB   # driver, desktop and CUDA context (as tests/test_planner.py)
@@ -53,7 +53,7 @@ def gib(n: int) -> str:
 def print_table(width: int, height: int, batch: int, guidance: bool, window: int) -> None:
     cfg = LuminaConfig()
     with torch.device("meta"):  # the real module tree, built for free: the planner's counts are checked against it
-        from lumina_core.model import LuminaMGPT
+        from lumina_core.model.transformer import LuminaMGPT
         meta = LuminaMGPT(cfg, device="meta", dtype=torch.bfloat16)
     params = sum(p.numel() for p in meta.parameters())
     req = Request(width, height, batch, guidance, window)
@@ -103,8 +103,8 @@ def _rss_kib(field: str = "VmRSS") -> int:
 
 
 def _small_folder(folder: str, args) -> None:
-    from lumina_core.checkpoint_writer import add_lumina_tokens, save_checkpoint, train_text_tokenizer
-    from lumina_core.model import LuminaMGPT
+    from lumina_core.model.checkpoint_writer import add_lumina_tokens, save_checkpoint, train_text_tokenizer
+    from lumina_core.model.transformer import LuminaMGPT
     tok = train_text_tokenizer(["a red circle on a blue background, two green squares"] * 8, vocab_size=300)
     add_lumina_tokens(tok, args.codes, max_grid_units=64)
     cfg = LuminaConfig(vocab_size=tok.get_vocab_size(with_added_tokens=True), hidden_size=args.hidden,
@@ -123,7 +123,7 @@ def _small_folder(folder: str, args) -> None:
 def _measure_one(folder: str, weights: str, kv: str, size: int, dtype_name: str) -> None:
     """Child process: load + generate one image with a plan; print JSON with the peak above baseline."""
     from lumina_core import LuminaMGPT, generate
-    from lumina_core.kv_cache import kv_cache_format
+    from lumina_core.memory.kv_cache import kv_cache_format
     import ctypes
     import gc
     dtype = getattr(torch, dtype_name)
@@ -151,7 +151,7 @@ def measure(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "small")
         _small_folder(folder, args)
-        from lumina_core.checkpoint import read_config
+        from lumina_core.model.checkpoint import read_config
         cfg = read_config(folder)
         dtype = getattr(torch, args.dtype)
         print(f"small config: hidden {cfg.hidden_size}, MLP {cfg.intermediate_size}, {cfg.num_hidden_layers} layers, "
@@ -182,7 +182,7 @@ def _seven_b_shaped(folder: str, layers: int) -> None:
     one shard at a time, so building it needs one shard of memory)."""
     from safetensors.torch import save_file
 
-    from lumina_core.checkpoint_writer import add_lumina_tokens, save_config, save_tokenizer, train_text_tokenizer
+    from lumina_core.model.checkpoint_writer import add_lumina_tokens, save_config, save_tokenizer, train_text_tokenizer
     cfg = LuminaConfig(num_hidden_layers=layers)
     tok = train_text_tokenizer(["a red circle"] * 4, vocab_size=300)
     vocab = add_lumina_tokens(tok, 16384)
@@ -190,7 +190,7 @@ def _seven_b_shaped(folder: str, layers: int) -> None:
     save_config(folder, cfg, {k: v for k, v in vocab.items() if k.startswith("<")})
     save_tokenizer(folder, tok)
     with torch.device("meta"):
-        from lumina_core.model import LuminaMGPT
+        from lumina_core.model.transformer import LuminaMGPT
         shapes = {n: tuple(p.shape) for n, p in LuminaMGPT(cfg, device="meta").named_parameters()}
     g = torch.Generator().manual_seed(0)
     keys = sorted(shapes)

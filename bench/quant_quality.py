@@ -13,8 +13,8 @@ import sys
 
 from bench import shapes_eval
 from lumina_core import generate
-from lumina_core.kv_cache import kv_cache_format
-from lumina_core.quant import quantize_int4_, quantize_int8_
+from lumina_core.memory.kv_cache import kv_cache_format
+from lumina_core.memory.quant import quantize_int4_, quantize_int8_
 
 PLANS = {"int8_weights": ("int8", None), "int4_weights": ("int4", None), "int8_cache": (None, "int8"),
          "int4_weights_int8_cache": ("int4", "int8")}

@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from lumina_core import tp  # noqa: E402
-from lumina_core.config import LuminaConfig  # noqa: E402
-from lumina_core.kv_cache import KVCache  # noqa: E402
-from lumina_core.model import LuminaMGPT  # noqa: E402
+from lumina_core.parallel import tp  # noqa: E402
+from lumina_core.model.config import LuminaConfig  # noqa: E402
+from lumina_core.memory.kv_cache import KVCache  # noqa: E402
+from lumina_core.model.transformer import LuminaMGPT  # noqa: E402
 
 CODES, TEXT = 16384, 1024
 CODE_ROWS = (TEXT, TEXT + CODES)

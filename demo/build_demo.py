@@ -28,7 +28,7 @@ from dataclasses import asdict
 import torch
 
 from lumina_core import MoVQGAN, TextTokenizer
-from lumina_core.checkpoint_writer import save_tokenizer
+from lumina_core.model.checkpoint_writer import save_tokenizer
 
 from . import DEMO_MODEL_NAME, DEMO_MOVQGAN, DEMO_ROOT, DEMO_VERIFIER, GENERATION_CONFIG
 from . import train_movqgan, train_transformer, train_verifier

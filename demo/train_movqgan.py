@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lumina_core.movqgan import MoVQGAN, MoVQGANConfig
+from lumina_core.image.movqgan import MoVQGAN, MoVQGANConfig
 
 from .shapes import SceneSampler, step_rng
 from .snapshots import GeneratorState, Stage

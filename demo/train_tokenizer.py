@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from lumina_core.checkpoint_writer import add_lumina_tokens, save_tokenizer, train_text_tokenizer
-from lumina_core.tasks import get_task, render_prompt
+from lumina_core.model.checkpoint_writer import add_lumina_tokens, save_tokenizer, train_text_tokenizer
+from lumina_core.decoding.tasks import get_task, render_prompt
 
 from .shapes import IMAGE_SIZE, training_scenes
 

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from lumina_core import LuminaConfig, LuminaMGPT, MoVQGAN, TextTokenizer
-from lumina_core.checkpoint_writer import save_checkpoint
-from lumina_core.tasks import build_prompt, image_rows_to_ids
+from lumina_core.model.checkpoint_writer import save_checkpoint
+from lumina_core.decoding.tasks import build_prompt, image_rows_to_ids
 
 from .shapes import SceneSampler, step_rng
 from .snapshots import Stage

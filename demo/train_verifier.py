@@ -240,7 +240,7 @@ def ranking_accuracy(folder: str, n: int = 200, seed: int = 4242, held_out_only:
     """How often the verifier, loaded from its folder through the pack's CLIP scorer, scores the true
     caption of a scene above a hard negative (n scenes the training never drew; with held_out_only,
     scenes built from the held-out colour/shape/region triples)."""
-    from lumina_core.scorers import CLIPScorer
+    from lumina_core.decoding.scorers import CLIPScorer
     from .shapes import HELD_OUT
     scorer = CLIPScorer(folder, device="cpu")
     rng = np.random.default_rng(seed)

@@ -15,24 +15,24 @@ Public API:
     with kv_cache_format(model, "int8"): generate(...)         the 8-bit KV cache
     prepare_request / run_request (lumina_core.request)        one request to code grids: what the Sampler runs
 """
-from .config import LuminaConfig
+from .model.config import LuminaConfig
 from .errors import CheckpointError, GenerationCancelled, InputError, LuminaError, TokenizerError
-from .generate import GenerationResult, canvas_size, crop_codes, decode_images, encode_condition, generate
-from .kv_cache import KVCache, kv_cache_format
-from .best_of_n import BestOfNResult, best_of_n
-from .fast import FastPlain, StepRunner
-from .logits import SamplingOptions
-from .model import LuminaMGPT
-from .movqgan import MoVQGAN
-from .quant import Int4Linear, Int8Linear, quantize_int4_, quantize_int8_
-from .quant_io import save_quantized
-from .planner import plan_memory
-from .placement import move_embeddings_to_host_
+from .decoding.generate import GenerationResult, canvas_size, crop_codes, decode_images, encode_condition, generate
+from .memory.kv_cache import KVCache, kv_cache_format
+from .decoding.best_of_n import BestOfNResult, best_of_n
+from .decoding.fast import FastPlain, StepRunner
+from .decoding.logits import SamplingOptions
+from .model.transformer import LuminaMGPT
+from .image.movqgan import MoVQGAN
+from .memory.quant import Int4Linear, Int8Linear, quantize_int4_, quantize_int8_
+from .model.quantized_files import save_quantized
+from .memory.planner import plan_memory
+from .memory.placement import move_embeddings_to_host_
 from .request import Request, prepare_request, run_request
-from .scorers import CLIPScorer, LikelihoodScorer
-from .sjd import SJDecoder
-from .tasks import TASKS, ImageLayout, build_prompt, get_task
-from .tokenizer import SpecialTokens, TextTokenizer
+from .decoding.scorers import CLIPScorer, LikelihoodScorer
+from .decoding.sjd import SJDecoder
+from .decoding.tasks import TASKS, ImageLayout, build_prompt, get_task
+from .model.tokenizer import SpecialTokens, TextTokenizer
 
 __all__ = [
     "LuminaMGPT", "LuminaConfig", "MoVQGAN", "TextTokenizer", "SpecialTokens", "generate", "GenerationResult",

@@ -11,15 +11,15 @@ from functools import partial
 
 import torch
 
-from .best_of_n import best_of_n
+from .decoding.best_of_n import best_of_n
 from .errors import InputError
-from .fast import FastPlain, StepRunner
-from .generate import canvas_size, generate, plan_request
-from .sampler import DecodeStats
-from .sjd import SJDecoder
-from .tasks import ImageLayout, PromptPlan, TaskSpec, get_task
-from .tp_workers import TPWorkers
-from .trained_tasks import task_warning
+from .decoding.fast import FastPlain, StepRunner
+from .decoding.generate import canvas_size, generate, plan_request
+from .decoding.sampler import DecodeStats
+from .decoding.sjd import SJDecoder
+from .decoding.tasks import ImageLayout, PromptPlan, TaskSpec, get_task
+from .parallel.workers import TPWorkers
+from .decoding.trained_tasks import task_warning
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from ..lumina_core.download import OFFICIAL, download
+from ..lumina_core.model.download import OFFICIAL, download
 from .loaders import model_folders
 from .types import CATEGORY
 from .validation import choice_problem, first_problem, require

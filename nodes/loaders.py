@@ -9,14 +9,14 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..lumina_core import CheckpointError, LuminaMGPT, MoVQGAN, quantize_int8_
-from ..lumina_core.checkpoint import weight_files
-from ..lumina_core.config import read_config
-from ..lumina_core.placement import move_embeddings_to_host_
-from ..lumina_core.planner import plan_for_loading
-from ..lumina_core.quant import quantize_int4_, weight_format
-from ..lumina_core.quant_io import saved_format
-from ..lumina_core.model import ATTENTION_BACKENDS
-from ..lumina_core.model_files import list_image_tokenizers, list_transformers, resolve
+from ..lumina_core.model.checkpoint import weight_files
+from ..lumina_core.model.config import read_config
+from ..lumina_core.memory.placement import move_embeddings_to_host_
+from ..lumina_core.memory.planner import plan_for_loading
+from ..lumina_core.memory.quant import quantize_int4_, weight_format
+from ..lumina_core.model.quantized_files import saved_format
+from ..lumina_core.model.transformer import ATTENTION_BACKENDS
+from ..lumina_core.model.files import list_image_tokenizers, list_transformers, resolve
 from . import memory
 from .types import CATEGORY, ImageTokenizer, ImageTokenizerType, LuminaModel, ModelType
 from .validation import choice_problem, first_problem, require

@@ -9,7 +9,7 @@ import comfy.model_patcher
 import comfy.ops
 from comfy.patcher_extension import CallbacksMP
 
-from ..lumina_core.kv_cache import KVCache
+from ..lumina_core.memory.kv_cache import KVCache
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 AUTO_DTYPES = [torch.bfloat16, torch.float32]  # fp16 only on request: activations can overflow it

@@ -6,8 +6,8 @@ import logging
 
 import comfy.model_management as mm
 
-from ..lumina_core.planner import kv_cache_for
-from ..lumina_core.quant import weight_format
+from ..lumina_core.memory.planner import kv_cache_for
+from ..lumina_core.memory.quant import weight_format
 from .memory import freeable_bytes
 from .validation import choice_problem, require
 

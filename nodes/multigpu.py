@@ -9,9 +9,9 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..lumina_core import InputError
-from ..lumina_core.model import ATTENTION_BACKENDS
-from ..lumina_core.model_files import list_transformers, resolve
-from ..lumina_core.tp_workers import TPWorkers, parse_devices
+from ..lumina_core.model.transformer import ATTENTION_BACKENDS
+from ..lumina_core.model.files import list_transformers, resolve
+from ..lumina_core.parallel.workers import TPWorkers, parse_devices
 from .loaders import QUANTIZATIONS, model_folders
 from .types import CATEGORY, ModelType
 from .validation import choice_problem, first_problem, require

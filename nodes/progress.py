@@ -13,7 +13,7 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy.cli_args import args
 
-from ..lumina_core.preview import PreviewSchedule, decoded_preview, embedding_palette, palette_preview
+from ..lumina_core.image.preview import PreviewSchedule, decoded_preview, embedding_palette, palette_preview
 
 STATS_EVENT = "lumina_mgpt2.stats"
 

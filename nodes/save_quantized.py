@@ -8,8 +8,8 @@ import re
 from comfy_api.latest import io
 
 from ..lumina_core import InputError
-from ..lumina_core.quant import weight_format
-from ..lumina_core.quant_io import save_quantized
+from ..lumina_core.memory.quant import weight_format
+from ..lumina_core.model.quantized_files import save_quantized
 from .loaders import model_folders
 from .types import CATEGORY, ModelType
 

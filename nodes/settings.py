@@ -6,10 +6,10 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..lumina_core import CLIPScorer, LikelihoodScorer, StepRunner
-from ..lumina_core.fast import compile_layers
-from ..lumina_core.logits import CFG_MODES
-from ..lumina_core.model_files import list_clip_folders
-from ..lumina_core.sjd import INITS, MODES
+from ..lumina_core.decoding.fast import compile_layers
+from ..lumina_core.decoding.logits import CFG_MODES
+from ..lumina_core.model.files import list_clip_folders
+from ..lumina_core.decoding.sjd import INITS, MODES
 from .types import ADVANCED, BestOfNType, SamplingType, SJDType, SpeedType
 from .validation import choice_problem, first_problem, float_problems, require
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from comfy_api.latest import io
 
-from ..lumina_core.sampler import DecodeStats
-from ..lumina_core.tasks import ImageLayout, TaskSpec
+from ..lumina_core.decoding.sampler import DecodeStats
+from ..lumina_core.decoding.tasks import ImageLayout, TaskSpec
 
 ModelType = io.Custom("LUMINA_MGPT2_MODEL")
 ImageTokenizerType = io.Custom("LUMINA_MGPT2_VQ")

@@ -20,8 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from lumina_core import LuminaMGPT, MoVQGAN, SJDecoder, decode_images, generate, tp  # noqa: E402
-from lumina_core.image_prep import unit_bhwc_to_pil  # noqa: E402
+from lumina_core import LuminaMGPT, MoVQGAN, SJDecoder, decode_images, generate  # noqa: E402
+from lumina_core.parallel import tp  # noqa: E402
+from lumina_core.image.prep import unit_bhwc_to_pil  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

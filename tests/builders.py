@@ -6,8 +6,8 @@ import os
 import torch
 
 from lumina_core import LuminaConfig, LuminaMGPT
-from lumina_core.checkpoint_writer import add_lumina_tokens, save_checkpoint, train_text_tokenizer
-from lumina_core.movqgan import MoVQGAN, MoVQGANConfig
+from lumina_core.model.checkpoint_writer import add_lumina_tokens, save_checkpoint, train_text_tokenizer
+from lumina_core.image.movqgan import MoVQGAN, MoVQGANConfig
 
 CORPUS = [
     "Generate an image of 64x64 according to the following prompt:\n",
@@ -74,7 +74,7 @@ def released_layout_tokenizer(folder):
     sequence tests can assert the real ids. Grid tokens sit in the reserved range after 151670."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from lumina_core.checkpoint_writer import image_code_token, save_tokenizer
+    from lumina_core.model.checkpoint_writer import image_code_token, save_tokenizer
 
     vocab = {f"w{i}": i for i in range(151645)}
     vocab.update({"<|im_end|>": 151645, "[UNK]": 151646})

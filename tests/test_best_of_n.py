@@ -5,10 +5,10 @@ import torch
 
 from builders import tiny_checkpoint, tiny_movqgan
 from lumina_core import InputError, LuminaMGPT, generate
-from lumina_core.best_of_n import RESERVE_BYTES, best_of_n, bytes_per_image, chunk_size_for
-from lumina_core.generate import plan_request
-from lumina_core.scorers import CLIPScorer, LikelihoodScorer
-from lumina_core.sjd import SJDecoder
+from lumina_core.decoding.best_of_n import RESERVE_BYTES, best_of_n, bytes_per_image, chunk_size_for
+from lumina_core.decoding.generate import plan_request
+from lumina_core.decoding.scorers import CLIPScorer, LikelihoodScorer
+from lumina_core.decoding.sjd import SJDecoder
 
 KW = dict(cfg=3.0, top_k=20)
 

@@ -13,7 +13,7 @@ from demo.judge import judge
 from demo.shapes import HELD_OUT, held_out_prompts, training_scenes
 from demo.train_movqgan import to_signed
 from lumina_core import LuminaMGPT, MoVQGAN, TextTokenizer, decode_images, generate
-from lumina_core.tokenizer import IMAGE_END, IMAGE_START, ROW_END, TURN_SEPARATOR, grid_token_name
+from lumina_core.model.tokenizer import IMAGE_END, IMAGE_START, ROW_END, TURN_SEPARATOR, grid_token_name
 
 
 HELD_OUT_CLAIM = 0.496      # BENCHMARKS.md, held-out all-right at the defaults
@@ -124,7 +124,7 @@ VERIFIER = os.path.join(DEMO_ROOT, DEMO_VERIFIER)
 
 
 def test_the_verifier_is_a_small_clip_folder_the_pack_lists():
-    from lumina_core.model_files import DEMO_PREFIX, list_clip_folders
+    from lumina_core.model.files import DEMO_PREFIX, list_clip_folders
     with open(os.path.join(VERIFIER, "config.json")) as f:
         assert json.load(f)["model_type"] == "clip"
     assert list_clip_folders([])[DEMO_PREFIX + DEMO_VERIFIER] == VERIFIER  # what the Best-of-N node offers

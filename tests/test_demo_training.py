@@ -11,8 +11,8 @@ from demo.train_tokenizer import build_tokenizer
 from demo.train_transformer import TransformerTrainConfig, make_batch, training_sequence
 from demo.train_transformer import train as train_transformer
 from lumina_core import TextTokenizer
-from lumina_core.checkpoint_writer import save_tokenizer
-from lumina_core.tasks import build_prompt
+from lumina_core.model.checkpoint_writer import save_tokenizer
+from lumina_core.decoding.tasks import build_prompt
 
 TINY_VQ = dict(batch=4, n_embed=64, warmup=2, restart_every=2, decoder_steps=3)
 TINY_TF = dict(batch=4, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, warmup=2,

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lumina_core.image_prep import prepare_condition, resize_center_crop, signed_to_unit_bhwc, whiten_transparency
+from lumina_core.image.prep import prepare_condition, resize_center_crop, signed_to_unit_bhwc, whiten_transparency
 
 
 def test_transparency_is_whitened_and_opaque_alpha_dropped():
@@ -54,7 +54,7 @@ def test_engine_loads_without_opencv_and_only_canny_asks_for_it():
     code = (
         "import sys; sys.modules['cv2'] = None\n"
         "import torch, lumina_core\n"
-        "from lumina_core.preprocess import preprocess\n"
+        "from lumina_core.image.maps import preprocess\n"
         "from lumina_core import InputError\n"
         "img = torch.rand(1, 8, 8, 3)\n"
         "assert torch.equal(preprocess(img, 'none'), img)\n"

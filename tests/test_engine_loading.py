@@ -8,7 +8,7 @@ import torch
 
 from builders import tiny_checkpoint, tiny_movqgan
 from lumina_core import CheckpointError, LuminaMGPT, MoVQGAN, TokenizerError
-from lumina_core.checkpoint import load_state_streaming, weight_files
+from lumina_core.model.checkpoint import load_state_streaming, weight_files
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_tokenizer_from_another_checkpoint_is_rejected(ckpt, tmp_path):
 
 def test_loading_keeps_one_copy_of_the_weights(ckpt):
     """Streaming: the model is built on the meta device and each tensor is materialised once."""
-    from lumina_core.config import read_config
+    from lumina_core.model.config import read_config
     cfg = read_config(ckpt)
     with torch.device("meta"):
         model = LuminaMGPT(cfg, device="meta")

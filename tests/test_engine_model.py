@@ -7,8 +7,8 @@ import torch
 
 from builders import randomize_, tiny_checkpoint, tiny_config, tiny_tokenizer
 from lumina_core import KVCache, LuminaMGPT
-from lumina_core.checkpoint_writer import save_tokenizer, save_weights
-from lumina_core.model import decode_mask
+from lumina_core.model.checkpoint_writer import save_tokenizer, save_weights
+from lumina_core.model.transformer import decode_mask
 
 
 

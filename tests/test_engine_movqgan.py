@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 
 from builders import tiny_movqgan
 from lumina_core import CheckpointError, InputError, MoVQGAN, decode_images
-from lumina_core.movqgan import MoVQGANConfig, infer_config
+from lumina_core.image.movqgan import MoVQGANConfig, infer_config
 
 
 def _meta_state(cfg):

@@ -9,7 +9,7 @@ import torch
 from diffusers import VQModel  # a dev requirement (requirements-dev.txt): this test must not skip in CI
 
 from builders import tiny_movqgan
-from lumina_core.movqgan import MoVQGAN
+from lumina_core.image.movqgan import MoVQGAN
 
 TOL = 1e-4
 

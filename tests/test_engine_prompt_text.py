@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 from builders import CORPUS, released_layout_tokenizer, tiny_tokenizer
 from demo import DEMO_CHECKPOINT
 from lumina_core import TextTokenizer, build_prompt
-from lumina_core.checkpoint_writer import save_tokenizer
+from lumina_core.model.checkpoint_writer import save_tokenizer
 
 
 def added_names(folder: str) -> list[str]:
@@ -79,7 +79,7 @@ def test_a_qwen_style_pipeline_gives_the_library_ids_and_no_control_id(tmp_path)
     lib.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_end|>"],
                                                             show_progress=False,
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    from lumina_core.checkpoint_writer import add_lumina_tokens
+    from lumina_core.model.checkpoint_writer import add_lumina_tokens
     add_lumina_tokens(lib, 16, max_grid_units=4)
     lib.add_tokens([AddedToken("<tool_call>", special=False), AddedToken("<|image|>", special=False)])
     save_tokenizer(str(tmp_path), lib)

@@ -7,9 +7,9 @@ from scipy.stats import chisquare
 
 from builders import tiny_checkpoint, tiny_movqgan
 from lumina_core import GenerationCancelled, InputError, LuminaMGPT, SamplingOptions, decode_images, generate
-from lumina_core import rng
-from lumina_core.generate import plan_request
-from lumina_core.logits import GuidanceSchedule, draw, guide, truncate
+from lumina_core.decoding import rng
+from lumina_core.decoding.generate import plan_request
+from lumina_core.decoding.logits import GuidanceSchedule, draw, guide, truncate
 
 
 @pytest.fixture(scope="module")

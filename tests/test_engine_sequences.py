@@ -7,8 +7,8 @@ import torch
 from builders import released_layout_tokenizer, tiny_tokenizer
 from demo import DEMO_CHECKPOINT
 from lumina_core import InputError, TASKS, TextTokenizer, build_prompt
-from lumina_core.checkpoint_writer import save_tokenizer
-from lumina_core.tasks import ImageLayout, image_rows_to_ids
+from lumina_core.model.checkpoint_writer import save_tokenizer
+from lumina_core.decoding.tasks import ImageLayout, image_rows_to_ids
 
 START, END, ROW_END, SEP, BOS, CODE0 = 151665, 151666, 151670, 171384, 151645, 155000
 
@@ -169,7 +169,7 @@ def test_condition_errors(released):
 
 def test_sentencepiece_tokenizer_model_is_accepted(tmp_path):
     import sentencepiece as spm
-    from lumina_core.checkpoint_writer import image_code_token
+    from lumina_core.model.checkpoint_writer import image_code_token
     specials = ["<|im_end|>", "<racm3:break>", "<eoss>", "<reserved08799>", "<reserved08706>"] + \
         [f"<reserved{8800 + n:05d}>" for n in range(1, 5)] + [image_code_token(c) for c in range(16)]
     corpus = tmp_path / "corpus.txt"

@@ -5,8 +5,8 @@ import torch
 
 from builders import tiny_checkpoint
 from lumina_core import LuminaMGPT, generate
-from lumina_core.config import LuminaConfig
-from lumina_core.threads import ENV, decode_thread_count
+from lumina_core.model.config import LuminaConfig
+from lumina_core.decoding.threads import ENV, decode_thread_count
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from demo import DEMO_CHECKPOINT
 from demo.build_demo import DEMO_TASKS, write_generation_config
 from lumina_core import TASKS, LuminaMGPT
-from lumina_core.trained_tasks import BASE_TASKS, OMNI_TASKS, read_trained_tasks, task_warning
+from lumina_core.decoding.trained_tasks import BASE_TASKS, OMNI_TASKS, read_trained_tasks, task_warning
 
 
 def test_the_demo_declares_its_three_tasks_and_the_build_writes_them(tmp_path):

@@ -8,8 +8,8 @@ import torch
 
 from builders import tiny_checkpoint
 from lumina_core import LuminaMGPT, generate
-from lumina_core.fast import FastPlain, StepRunner
-from lumina_core.sjd import SJDecoder
+from lumina_core.decoding.fast import FastPlain, StepRunner
+from lumina_core.decoding.sjd import SJDecoder
 
 KW = dict(seed=3, batch_size=2, cfg=3.0, top_k=20)
 

@@ -9,11 +9,11 @@ import torch
 
 from builders import tiny_checkpoint
 from lumina_core import KVCache, LuminaMGPT, generate
-from lumina_core.generate import plan_request
-from lumina_core.kv_cache import kv_cache_format, quantize_kv
-from lumina_core.logits import guide
-from lumina_core.sampler import Session
-from lumina_core.sjd import SJDecoder
+from lumina_core.decoding.generate import plan_request
+from lumina_core.memory.kv_cache import kv_cache_format, quantize_kv
+from lumina_core.decoding.logits import guide
+from lumina_core.decoding.sampler import Session
+from lumina_core.decoding.sjd import SJDecoder
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_demo_int8_cache_stays_within_its_logit_bound_and_keeps_every_clear_deci
     assert bool(agree[clear].all())
     assert int(clear.sum()) >= errors.numel() // 3  # the bound leaves most decisions clear, not a vacuous check
     # positive control: keys and values kept at 4 bits (15 steps instead of 255) break the bound
-    import lumina_core.kv_cache as kv
+    import lumina_core.memory.kv_cache as kv
 
     def four_bit(x):
         x = x.float()

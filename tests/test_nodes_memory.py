@@ -94,7 +94,7 @@ def sample_loaded(nodes, model, seed):
 
 
 def test_kv_cache_is_freed_after_each_generation(nodes, model, monkeypatch):
-    from lumina_pack.lumina_core import kv_cache
+    from lumina_pack.lumina_core.memory import kv_cache
     caches = []
     original = kv_cache.KVCache.__init__
 

@@ -19,7 +19,7 @@ def load(nodes, quantization):
 
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
 def test_quantized_layers_are_in_comfyuis_load_list_at_their_stored_size(nodes, quantization):
-    from lumina_pack.lumina_core.quant import QUANTIZED_LINEARS
+    from lumina_pack.lumina_core.memory.quant import QUANTIZED_LINEARS
     model = load(nodes, quantization)
     quantized = {n for n, m in model.patcher.model.named_modules() if isinstance(m, QUANTIZED_LINEARS)}
     assert len(quantized) >= 8
@@ -39,7 +39,7 @@ def test_quantized_layers_are_in_comfyuis_load_list_at_their_stored_size(nodes, 
 def test_an_offloaded_quantized_layer_computes_what_a_loaded_one_does(nodes):
     """ComfyUI sets comfy_cast_weights on layers it leaves in system memory; they copy their weights to the
     input's device per call (on a CPU-only machine both are the CPU: the GPU test moves them for real)."""
-    from lumina_pack.lumina_core.quant import Int4Linear, Int8Linear
+    from lumina_pack.lumina_core.memory.quant import Int4Linear, Int8Linear
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 64)
     x = torch.randn(3, 256)
@@ -50,7 +50,7 @@ def test_an_offloaded_quantized_layer_computes_what_a_loaded_one_does(nodes):
 
 
 def test_host_embedding_table_is_neither_counted_nor_moved(nodes):
-    from lumina_pack.lumina_core.placement import move_embeddings_to_host_
+    from lumina_pack.lumina_core.memory.placement import move_embeddings_to_host_
     model = load(nodes, "none")
     engine = model.engine
     table = engine.model.embed_tokens.weight.numel() * engine.model.embed_tokens.weight.element_size()

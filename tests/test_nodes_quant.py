@@ -39,7 +39,7 @@ def sample(nodes, model, **kw):
 def test_loader_offers_auto_first_and_keeps_old_values(nodes):
     spec = nodes.loaders.ModelLoader.GET_NODE_INFO_V1()["input"]["optional"]["quantization"][1]
     assert spec["options"] == ["auto", "none", "int8", "int4"] and spec["default"] == "auto"
-    from lumina_pack.lumina_core.quant import weight_format
+    from lumina_pack.lumina_core.memory.quant import weight_format
     assert weight_format(load(nodes).engine) == "none"           # a workflow saved without the widget
     assert weight_format(load(nodes, "auto").engine) == "none"   # the CPU: auto keeps the float weights
     assert weight_format(load(nodes, "int4").engine) == "int4"
@@ -53,7 +53,7 @@ def test_sampler_kv_cache_input_is_last_and_optional(nodes):
 
 def test_int8_cache_and_int4_weights_sample_like_the_engine(nodes):
     from lumina_pack.lumina_core import generate
-    from lumina_pack.lumina_core.kv_cache import kv_cache_format
+    from lumina_pack.lumina_core.memory.kv_cache import kv_cache_format
     model = load(nodes, "int4")
     tokens = sample(nodes, model, kv_cache="int8")
     assert model.engine.kv_cache_format == "int8"
@@ -69,7 +69,7 @@ def test_int8_cache_and_int4_weights_sample_like_the_engine(nodes):
 
 def test_save_quantized_node_writes_a_folder_the_loader_reads(nodes, tiny_models):
     from lumina_pack.lumina_core import InputError
-    from lumina_pack.lumina_core.quant import Int4Linear
+    from lumina_pack.lumina_core.memory.quant import Int4Linear
     model = load(nodes, "int4")
     saver = nodes.save_quantized.SaveQuantized
     assert saver.validate_inputs("../escape") is not True

@@ -7,10 +7,10 @@ import torch
 
 from conftest import FakeHub, TINY_CHECKPOINT, TINY_IMAGE_TOKENIZER, hub_repos
 from lumina_core import CheckpointError, InputError
-from lumina_core import download as dl
-from lumina_core import model_files
-from lumina_core.preprocess import canny_edges, preprocess
-from lumina_core.preview import PreviewSchedule, palette_preview
+from lumina_core.model import download as dl
+from lumina_core.model import files as model_files
+from lumina_core.image.maps import canny_edges, preprocess
+from lumina_core.image.preview import PreviewSchedule, palette_preview
 
 
 # --------------------------------------------------------------------------- model folders

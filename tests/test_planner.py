@@ -8,9 +8,9 @@ from torch import nn
 
 from builders import tiny_checkpoint
 from lumina_core import InputError, KVCache, LuminaConfig, LuminaMGPT
-from lumina_core.placement import move_embeddings_to_host_
-from lumina_core.planner import GiB, PLAN_ORDER, Request, _body_linears, estimate, plan_memory, table
-from lumina_core.quant import quantize_int4_, quantize_int8_
+from lumina_core.memory.placement import move_embeddings_to_host_
+from lumina_core.memory.planner import GiB, PLAN_ORDER, Request, _body_linears, estimate, plan_memory, table
+from lumina_core.memory.quant import quantize_int4_, quantize_int8_
 
 REAL = LuminaConfig()  # the defaults are the released 7B config (spec: lumina-mgpt2.md)
 SYSTEM_RESERVE = int(0.75 * GiB)  # what the driver, the desktop and the CUDA context take of a card
@@ -95,7 +95,7 @@ def test_estimate_matches_real_allocations_on_a_tiny_model(tmp_path, weights):
 
 
 def test_loader_plan_and_the_samplers_cache_choice(tmp_path):
-    from lumina_core.planner import kv_cache_for, plan_for_loading
+    from lumina_core.memory.planner import kv_cache_for, plan_for_loading
     plan, note = plan_for_loading(REAL, free_on(12))
     assert (plan.weights, plan.embeddings) == ("int4", "host") and "memory plan for 768x768" in note
     smallest, note = plan_for_loading(REAL, free_on(8))  # nothing fits: the smallest plan and the advice

@@ -11,8 +11,8 @@ from torch import nn
 
 from builders import tiny_checkpoint
 from lumina_core import LuminaMGPT, generate
-from lumina_core.quant import Int8Linear, int8pack_works, linear_weight_bytes, quantize_int8_, quantize_per_channel
-from lumina_core.sjd import SJDecoder
+from lumina_core.memory.quant import Int8Linear, int8pack_works, linear_weight_bytes, quantize_int8_, quantize_per_channel
+from lumina_core.decoding.sjd import SJDecoder
 
 AGREEMENT = 0.90
 
@@ -82,8 +82,8 @@ def test_int8_model_agrees_with_float_model(folder, dtype):
 TRITON_CHECK = """
 import torch
 from torch import nn
-from lumina_core.quant import Int8Linear
-from lumina_core.quant_triton import w8_matmul
+from lumina_core.memory.quant import Int8Linear
+from lumina_core.memory.triton_kernels import w8_matmul
 g = torch.Generator().manual_seed(0)
 for M, N, K, dtype in [(2, 96, 200, torch.float32), (32, 70, 128, torch.float32), (40, 33, 100, torch.float16)]:
     x = torch.randn(M, K, generator=g).to(dtype)

@@ -20,9 +20,9 @@ from torch import nn
 
 from builders import tiny_checkpoint
 from lumina_core import KVCache, LuminaConfig, LuminaMGPT, generate
-from lumina_core.quant import (Int4Linear, Int8Linear, dequantize_int4, int4_group_size, linear_weight_bytes,
+from lumina_core.memory.quant import (Int4Linear, Int8Linear, dequantize_int4, int4_group_size, linear_weight_bytes,
                                quantize_groupwise_int4, quantize_int4_, weight_format)
-from lumina_core.sjd import SJDecoder
+from lumina_core.decoding.sjd import SJDecoder
 
 INT4_REL_ERROR, INT4_TOP1 = 0.40, 0.40
 KV_REL_ERROR, KV_TOP1 = 0.02, 0.97
@@ -132,8 +132,8 @@ def test_int4_logits_at_the_real_width(wide):
 
 W4_CHECK = """
 import torch
-from lumina_core.quant import dequantize_int4, quantize_groupwise_int4
-from lumina_core.quant_triton import w4_matmul
+from lumina_core.memory.quant import dequantize_int4, quantize_groupwise_int4
+from lumina_core.memory.triton_kernels import w4_matmul
 g = torch.Generator().manual_seed(0)
 for M, N, K, group, dtype in [(2, 70, 256, 128, torch.float32), (33, 40, 384, 128, torch.float32),
                               (3, 48, 192, 64, torch.float16)]:

@@ -9,11 +9,11 @@ import torch
 
 from builders import tiny_checkpoint
 from lumina_core import CheckpointError, LuminaMGPT, generate
-from lumina_core.checkpoint_writer import save_weights
-from lumina_core.placement import HostEmbedding, embeddings_on_host, move_embeddings_to_host_
-from lumina_core.quant import Int4Linear, Int8Linear, quantize_int4_, quantize_int8_, weight_format
-from lumina_core.quant_io import META_FORMAT, file_metadata, save_quantized
-from lumina_core.sjd import SJDecoder
+from lumina_core.model.checkpoint_writer import save_weights
+from lumina_core.memory.placement import HostEmbedding, embeddings_on_host, move_embeddings_to_host_
+from lumina_core.memory.quant import Int4Linear, Int8Linear, quantize_int4_, quantize_int8_, weight_format
+from lumina_core.model.quantized_files import META_FORMAT, file_metadata, save_quantized
+from lumina_core.decoding.sjd import SJDecoder
 
 KW = dict(cfg=3.0, top_k=1, seed=2)
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import HOST_CHECKS_COMBOS, TINY_CHECKPOINT, TINY_IMAGE_TOKENIZER, check_progress_values
-from lumina_core.model_files import DEMO_IMAGE_TOKENIZER, DEMO_PREFIX, DEMO_TRANSFORMER
+from lumina_core.model.files import DEMO_IMAGE_TOKENIZER, DEMO_PREFIX, DEMO_TRANSFORMER
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -2,7 +2,7 @@
 succeeds and the Sampler's stats event reports the plan."""
 import pytest
 
-from lumina_core.model_files import DEMO_IMAGE_TOKENIZER, DEMO_PREFIX, DEMO_TRANSFORMER
+from lumina_core.model.files import DEMO_IMAGE_TOKENIZER, DEMO_PREFIX, DEMO_TRANSFORMER
 from test_server_nodes import t2i
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]

@@ -7,8 +7,8 @@ from scipy.stats import chi2_contingency
 
 from builders import randomize_, tiny_checkpoint, tiny_config, tiny_tokenizer
 from lumina_core import GenerationCancelled, InputError, KVCache, LuminaMGPT, generate
-from lumina_core.checkpoint_writer import save_checkpoint
-from lumina_core.sjd import SJDecoder
+from lumina_core.model.checkpoint_writer import save_checkpoint
+from lumina_core.decoding.sjd import SJDecoder
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_greedy_sjd_equals_plain_greedy_t2i(model, init):
 def test_sjd_at_the_position_limit(tmp_path, model):
     """A request that exactly fills the context: SJD's padding drafts run past the last position (and the
     rotary table) without failing, and greedy SJD still equals plain greedy."""
-    from lumina_core.generate import plan_request
+    from lumina_core.decoding.generate import plan_request
     total = plan_request(model, "a red circle", 64, 64).total_tokens
     folder, _ = tiny_checkpoint(tmp_path / "ckpt", num_codes=64, shards=1, max_position_embeddings=total)
     edge = LuminaMGPT.from_pretrained(folder, dtype=torch.float32)

@@ -9,8 +9,8 @@ import torch.multiprocessing as mp
 
 from builders import tiny_checkpoint
 from lumina_core import LuminaMGPT, best_of_n, generate
-from lumina_core.sjd import SJDecoder
-from lumina_core import tp
+from lumina_core.decoding.sjd import SJDecoder
+from lumina_core.parallel import tp
 
 # GQA (8 query, 4 key/value heads), q-norm per head, k-norm in 2 groups of heads: every slicing rule runs
 CFG = dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, intermediate_size=160,
@@ -32,7 +32,7 @@ def outputs(model, logits_only=False):
     with torch.inference_mode():
         out["logits"] = model(ids)
         rows = model.tokenizer.special.image_rows
-        from lumina_core.kv_cache import KVCache
+        from lumina_core.memory.kv_cache import KVCache
         cache = KVCache.for_model(model, 2, 16)
         out["code_logits"] = model.forward_step(ids[:, :9], cache, cache.slots(9), kv_len=9, rows=rows)
         out["cache_heads"] = cache.k[0].shape[1]
@@ -122,7 +122,7 @@ def test_int4_shards_equal_the_unsplit_model_at_the_shards_group_size(tmp_path, 
     """int4 is group-wise along the input features: a column-parallel shard keeps whole rows and a
     row-parallel shard whole groups, so each rank holds the unsplit model's int4 layers (at the group size
     that divides the shard's input features; the real model keeps 128 over 2 ranks)."""
-    from lumina_core.quant import Int4Linear, int4_group_size
+    from lumina_core.memory.quant import Int4Linear, int4_group_size
     ref = LuminaMGPT.from_pretrained(checkpoint, dtype=torch.float32)
     for parent in list(ref.modules()):
         for name, child in list(parent.named_children()):
@@ -138,7 +138,7 @@ def test_int4_shards_equal_the_unsplit_model_at_the_shards_group_size(tmp_path, 
 
 def test_shard_plan_slices_head_rows_and_norm_groups():
     """The lm_head rows of all ranks, put back in rank order, are the whole vocabulary (codes and the rest)."""
-    from lumina_core.config import LuminaConfig
+    from lumina_core.model.config import LuminaConfig
     cfg = LuminaConfig(vocab_size=23, hidden_size=16, intermediate_size=8, num_hidden_layers=1,
                        num_attention_heads=4, num_key_value_heads=2)
     full = torch.arange(23.0)[:, None].expand(23, 16)
@@ -158,7 +158,7 @@ def test_shard_plan_slices_head_rows_and_norm_groups():
 
 def test_indivisible_heads_give_a_clear_error():
     from lumina_core import InputError
-    from lumina_core.config import LuminaConfig
+    from lumina_core.model.config import LuminaConfig
     with pytest.raises(InputError, match="do not split evenly over 3 devices"):
         tp.check_divisible(LuminaConfig(num_attention_heads=32, num_key_value_heads=32), 3)
 
@@ -205,7 +205,7 @@ def test_serve_script_on_two_torchrun_ranks_writes_the_single_process_png(tmp_pa
 
     from builders import tiny_movqgan
     from lumina_core import decode_images
-    from lumina_core.image_prep import unit_bhwc_to_pil
+    from lumina_core.image.prep import unit_bhwc_to_pil
     vq = tiny_movqgan(64)
     save_file(vq.state_dict_for_save(), str(tmp_path / "vq.safetensors"))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ import torch
 
 from builders import tiny_checkpoint
 from lumina_core import GenerationCancelled, InputError, LuminaMGPT, SJDecoder, best_of_n, generate
-from lumina_core.tp_workers import TPWorkers, WorkerDied, parse_devices
+from lumina_core.parallel.workers import TPWorkers, WorkerDied, parse_devices
 
 CFG = dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, intermediate_size=160)
 KW = dict(cfg=3.0, top_k=16, temperature=1.0)
@@ -171,7 +171,7 @@ def test_workers_exit_when_the_parent_dies_without_closing(checkpoint, tmp_path)
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {os.getcwd()!r})
-        from lumina_core.tp_workers import TPWorkers
+        from lumina_core.parallel.workers import TPWorkers
         g = TPWorkers({checkpoint!r}, "cpu,cpu", dtype="fp32")
         print(*g.pids, flush=True)
         os._exit(0)  # no close(), no atexit: as if the host were killed

@@ -14,9 +14,9 @@ from functools import partial
 import torch
 
 from . import rng
-from .errors import InputError
+from ..errors import InputError
 from .generate import crop_codes, decode_images, encode_condition, generate, plan_request
-from .kv_cache import KVCache
+from ..memory.kv_cache import KVCache
 from .sampler import CancelFn, DecodeStats, ProgressFn
 from .scorers import LikelihoodScorer
 from .tasks import ImageLayout, TaskSpec

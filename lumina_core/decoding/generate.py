@@ -7,13 +7,13 @@ from typing import Callable
 import torch
 
 from . import rng
-from .errors import GenerationCancelled, InputError
-from .image_prep import prepare_condition, signed_to_unit_bhwc
+from ..errors import GenerationCancelled, InputError
+from ..image.prep import prepare_condition, signed_to_unit_bhwc
 from .logits import SamplingOptions
 from .sampler import CancelFn, DecodeStats, ProgressFn, sample_plain
 from .tasks import ImageLayout, PromptPlan, TaskSpec, build_prompt, get_task
 from .threads import decode_threads
-from .tokenizer import check_text
+from ..model.tokenizer import check_text
 
 
 @dataclass

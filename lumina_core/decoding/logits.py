@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 NEG_INF = float("-inf")
 CFG_MODES = ("plain", "upstream")

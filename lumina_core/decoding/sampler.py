@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 
 from . import rng
-from .errors import GenerationCancelled
-from .kv_cache import KVCache
+from ..errors import GenerationCancelled
+from ..memory.kv_cache import KVCache
 from .logits import GuidanceSchedule, SamplingOptions, draw, guide, truncate
 from .tasks import PromptPlan
 

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 
 class LikelihoodScorer:

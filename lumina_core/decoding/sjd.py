@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from . import rng
-from .errors import GenerationCancelled, InputError
+from ..errors import GenerationCancelled, InputError
 from .logits import SamplingOptions, draw, guide, truncate
 from .sampler import CancelFn, ProgressFn, Session, code_logprob, guidance_schedule, pick_codes
 from .tasks import PromptPlan

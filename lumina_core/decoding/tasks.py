@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 SIZE_MULTIPLE = 32  # grid tokens count 32-px units
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 PREPROCESSORS = ("none", "canny")
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 NUM_GROUPS = 32  # taming-style GroupNorm
 

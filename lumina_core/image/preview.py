@@ -11,7 +11,7 @@ import time
 import torch
 from PIL import Image
 
-from .image_prep import signed_to_unit_bhwc, unit_bhwc_to_pil
+from .prep import signed_to_unit_bhwc, unit_bhwc_to_pil
 
 PENDING_GREY = 0.5
 

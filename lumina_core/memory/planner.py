@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .kv_cache import KVCache
 from .quant import INT4_GROUP, int4_group_size
-from .tasks import SIZE_MULTIPLE, ImageLayout
+from ..decoding.tasks import SIZE_MULTIPLE, ImageLayout
 
 GiB = 1 << 30
 DEFAULT_PROMPT_TOKENS = 256   # the t2i template plus a long prompt; real prompts are ~60-200 tokens

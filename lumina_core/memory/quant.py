@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant_triton import available as triton_available
-from .quant_triton import w4_block_k, w4_matmul, w8_matmul
+from .triton_kernels import available as triton_available
+from .triton_kernels import w4_block_k, w4_matmul, w8_matmul
 
 KERNELS = ("auto", "triton", "int8pack", "dequant")
 INT4_KERNELS = ("auto", "triton", "dequant")

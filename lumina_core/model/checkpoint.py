@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import read_config
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], d
 def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operations=None, attention="sdpa",
                      quantization: str = "none"):
     from .tokenizer import TextTokenizer
-    from .trained_tasks import read_trained_tasks
+    from ..decoding.trained_tasks import read_trained_tasks
 
     check_transformer_path(path)
     cfg = read_config(path)
@@ -196,7 +196,7 @@ def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operati
     expected = checkpoint_shapes(cls, cfg)
     # quantized weights (quant_io.py): a saved quantized folder loads into quantized layers (its own
     # expected shapes); with quantization int8/int4 a float folder is quantized layer by layer as it streams
-    from .quant_io import prepare_quantized_load
+    from .quantized_files import prepare_quantized_load
     hooks = {"expected_shapes": expected, **prepare_quantized_load(model, files, quantization, dtype, skip)}
     expected = hooks["expected_shapes"]
     load_state_streaming(model, files, dtype, device, skip=skip, **hooks)

@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 
 @dataclass

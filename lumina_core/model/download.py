@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import InputError
-from .model_files import RELEASED_IMAGE_TOKENIZER
+from ..errors import InputError
+from .files import RELEASED_IMAGE_TOKENIZER
 
 ProgressFn = Callable[[int, int, str], None]   # (bytes done, bytes total, file being fetched)
 CancelFn = Callable[[], None]                   # raises to stop

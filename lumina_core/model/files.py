@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_DIR = os.path.join(REPO_ROOT, "demo_model")
 DEMO_PREFIX = "demo: "
 DEMO_TRANSFORMER = "lumina-mgpt2-shapes-demo"

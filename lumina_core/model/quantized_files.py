@@ -21,8 +21,8 @@ import struct
 import torch
 from torch import nn
 
-from .errors import CheckpointError, InputError
-from .quant import INT4_GROUP, WEIGHT_FORMATS, Int4Linear, Int8Linear, quantized_linear, weight_format
+from ..errors import CheckpointError, InputError
+from ..memory.quant import INT4_GROUP, WEIGHT_FORMATS, Int4Linear, Int8Linear, quantized_linear, weight_format
 
 META_FORMAT = "lumina_quantization"
 META_GROUP = "lumina_int4_group_size"

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import InputError, TokenizerError
+from ..errors import InputError, TokenizerError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LuminaConfig
-from .kv_cache import KVCache
+from ..memory.kv_cache import KVCache
 
 ATTENTION_BACKENDS = ("sdpa", "flash_attn", "eager", "matmul")
 

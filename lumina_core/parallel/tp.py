@@ -26,8 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, InputError
-from .model import HeadLayerNorm, _on
+from ..errors import CheckpointError, InputError
+from ..model.transformer import HeadLayerNorm, _on
 
 QuantizeFn = Callable[[nn.Linear, bool], nn.Module]  # (local float layer, row_parallel) -> layer
 
@@ -294,7 +294,7 @@ def quantize_linears_(model, quantize: QuantizeFn) -> None:
 def int8_quantizer(dtype: torch.dtype, shard: Shard) -> QuantizeFn:
     """Per-output-channel int8 giving every rank the int8 values and scales of the unsplit layer: a
     row-parallel layer's channel amax is the max over every rank's slice (one all-reduce per layer)."""
-    from .quant import Int8Linear
+    from ..memory.quant import Int8Linear
 
     def quantize(lin: nn.Linear, row_parallel: bool) -> nn.Module:
         w = lin.weight.detach().float()
@@ -316,7 +316,7 @@ def quantizer(name: str | None, dtype: torch.dtype, shard: Shard) -> QuantizeFn 
         return None
     if name == "int8":
         return int8_quantizer(dtype, shard)
-    from . import quant
+    from ..memory import quant
     maker = {"int4": getattr(quant, "Int4Linear", None)}.get(name)
     if maker is None:
         raise InputError(f"quantization {name!r} is not available; use 'none' or 'int8'")
@@ -349,7 +349,7 @@ def shard_(model, shard: Shard | None = None, quantize: QuantizeFn | None = None
     local = {n: plan.take(n, p.detach()).clone() for n, p in model.named_parameters()}
     device = model.device
     localize_(model, plan)
-    from .checkpoint import _set_tensor
+    from ..model.checkpoint import _set_tensor
     for n, t in local.items():
         _set_tensor(model, n, t.to(device))
     _finish(model, plan, quantize)
@@ -360,9 +360,9 @@ def load_sharded(cls, path: str, shard: Shard | None = None, dtype=torch.bfloat1
                  attention: str = "sdpa", quantize: QuantizeFn | None = None):
     """Load this rank's part of a checkpoint folder: the model is built on meta at local shapes and only
     the rank's slices are read from the safetensors files. `cls` is LuminaMGPT (or a subclass)."""
-    from . import checkpoint as ck
-    from .config import read_config
-    from .tokenizer import TextTokenizer
+    from ..model import checkpoint as ck
+    from ..model.config import read_config
+    from ..model.tokenizer import TextTokenizer
 
     shard = shard or Shard.current()
     ck.check_transformer_path(path)

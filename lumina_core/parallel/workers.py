@@ -36,9 +36,9 @@ from multiprocessing.connection import Client, Listener, wait
 
 import torch
 
-from .errors import CheckpointError, GenerationCancelled, InputError, LuminaError
+from ..errors import CheckpointError, GenerationCancelled, InputError, LuminaError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: lumina_core's parent
 DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SJD_FIELDS = ("window", "init", "mode", "coupled")
 ERROR_GRACE_S = 5.0  # after one rank fails, how long the others may take to report the same error
@@ -107,7 +107,7 @@ def _weight_dtype(name: str, device: torch.device) -> torch.dtype:
 class _Worker:
     def __init__(self, conn, header: dict):
         from . import tp
-        from .model import LuminaMGPT
+        from ..model.transformer import LuminaMGPT
         self.conn, self.rank, self.world = conn, header["rank"], header["world"]
         self.device = torch.device(header["device"])
         if header.get("threads"):
@@ -127,7 +127,7 @@ class _Worker:
         bucketed step runs eagerly), kept between requests; None without settings."""
         if not speed:
             return None
-        from .fast import StepRunner, compile_layers
+        from ..decoding.fast import StepRunner, compile_layers
         cuda = self.device.type == "cuda"
         key = (int(speed["bucket"]), bool(speed["cuda_graphs"]) and cuda, bool(speed["compile_layers"]) and cuda)
         if key != self._runner_key:
@@ -137,7 +137,7 @@ class _Worker:
 
     def info(self) -> dict:
         from . import tp
-        from .preview import embedding_palette
+        from ..image.preview import embedding_palette
         out = {"resident_bytes": tp.resident_weight_bytes(self.model), "pid": os.getpid()}
         if self.rank == 0:
             out["palette"] = embedding_palette(self.model)
@@ -172,10 +172,10 @@ class _Worker:
 
     # --- requests
     def generate(self, req: dict) -> dict:
-        from .fast import FastPlain
-        from .generate import generate
-        from .logits import SamplingOptions
-        from .sjd import SJDecoder
+        from ..decoding.fast import FastPlain
+        from ..decoding.generate import generate
+        from ..decoding.logits import SamplingOptions
+        from ..decoding.sjd import SJDecoder
         step = self.step_function(req.get("speed"))
         if req.get("sjd"):
             decoder = SJDecoder(**req["sjd"], forward=step)
@@ -196,8 +196,8 @@ class _Worker:
     def chunk_size(self, req: dict) -> dict:
         """Best-of-N candidates per batch that fit on every rank's device (the smallest)."""
         import torch.distributed as dist
-        from .best_of_n import RESERVE_BYTES, bytes_per_image, free_bytes
-        from .kv_cache import KVCache
+        from ..decoding.best_of_n import RESERVE_BYTES, bytes_per_image, free_bytes
+        from ..memory.kv_cache import KVCache
         model, cfg = self.model, self.model.config
         per_image = bytes_per_image(model, req["max_len"], req["use_cfg"], req["window"])
         # best_of_n sizes the KV cache from the config (every head); this rank caches only its own
@@ -313,9 +313,9 @@ class TPWorkers:
 
     def __init__(self, path: str, devices, dtype: str = "auto", quantization: str = "none", attention: str = "sdpa",
                  threads: int | None = None, start_timeout_s: float = 900.0):
-        from .config import read_config
-        from .tokenizer import TextTokenizer
-        from .trained_tasks import read_trained_tasks
+        from ..model.config import read_config
+        from ..model.tokenizer import TextTokenizer
+        from ..decoding.trained_tasks import read_trained_tasks
         self.devices = parse_devices(devices)
         if dtype != "auto" and dtype not in DTYPE_NAMES:
             raise InputError(f"dtype must be 'auto' or one of {list(DTYPE_NAMES)}, got {dtype!r}")
@@ -344,7 +344,7 @@ class TPWorkers:
         port = p.rendezvous.port
         if threads is None and self.devices[0] == "cpu":
             threads = max(1, (os.cpu_count() or 1) // self.world)
-        code = f"import sys; sys.path.insert(0, {ROOT!r}); from lumina_core.tp_workers import worker_main; worker_main()"
+        code = f"import sys; sys.path.insert(0, {ROOT!r}); from lumina_core.parallel.workers import worker_main; worker_main()"
         for rank, device in enumerate(self.devices):
             header = {"rank": rank, "world": self.world, "device": device, "port": port, "path": self.path,
                       "dtype": dtype, "quantization": quantization, "attention": attention, "threads": threads,
@@ -479,8 +479,8 @@ class TPWorkers:
                  image_tokenizer=None):
         """lumina_core.generate on the workers; returns a GenerationResult. speed: the Speed Settings
         (cuda_graphs, compile_layers, bucket), applied by every worker to its own shard."""
-        from .generate import GenerationResult, encode_condition, plan_request, sampling_and_seeds
-        from .sampler import DecodeStats
+        from ..decoding.generate import GenerationResult, encode_condition, plan_request, sampling_and_seeds
+        from ..decoding.sampler import DecodeStats
         if condition_image is not None:  # encoded here: the workers hold only the transformer
             if condition_codes is not None:
                 raise InputError("pass either condition_image or condition_codes, not both")
@@ -502,7 +502,7 @@ class TPWorkers:
                   scorer=None, chunk_size: int | None = None, speed: dict | None = None, **kwargs):
         """lumina_core.best_of_n with candidates generated on the workers and scored here; chunk_size 0 or
         None: as many as fit the rank with the least room."""
-        from .best_of_n import best_of_n
+        from ..decoding.best_of_n import best_of_n
 
         def fit(max_len, use_cfg, window, n):
             return self._request("chunk_size", {"max_len": max_len, "use_cfg": use_cfg, "window": window,
