@@ -32,7 +32,8 @@ from lumina_core.decoding.logits import SamplingOptions  # noqa: E402
 from lumina_core.model.transformer import LuminaMGPT, apply_rope  # noqa: E402
 from lumina_core.memory.quant import quantize_int8_  # noqa: E402
 from lumina_core.decoding.sampler import Session, pick_codes  # noqa: E402
-from lumina_core.decoding.tasks import ImageLayout, PromptPlan, get_task  # noqa: E402
+from lumina_core.layout import ImageLayout  # noqa: E402
+from lumina_core.decoding.tasks import PromptPlan, get_task  # noqa: E402
 from lumina_core.model.tokenizer import SpecialTokens  # noqa: E402
 
 SPECIAL = SpecialTokens(bos=0, image_start=8197, image_end=8196, row_end=8799, separator=8706,

@@ -38,7 +38,8 @@ from lumina_core.decoding import rng  # noqa: E402
 from lumina_core.model.config import LuminaConfig  # noqa: E402
 from lumina_core.model.transformer import LuminaMGPT  # noqa: E402
 from lumina_core.decoding.sampler import pick_codes  # noqa: E402
-from lumina_core.decoding.tasks import ImageLayout, PromptPlan, get_task  # noqa: E402
+from lumina_core.layout import ImageLayout  # noqa: E402
+from lumina_core.decoding.tasks import PromptPlan, get_task  # noqa: E402
 from lumina_core.model.tokenizer import SpecialTokens  # noqa: E402
 
 PROMPT_TOKENS = 150           # a typical t2i prompt (template + caption)

@@ -31,7 +31,8 @@ from .memory.placement import move_embeddings_to_host_
 from .request import Request, prepare_request, run_request
 from .decoding.scorers import CLIPScorer, LikelihoodScorer
 from .decoding.sjd import SJDecoder
-from .decoding.tasks import TASKS, ImageLayout, build_prompt, get_task
+from .layout import ImageLayout
+from .decoding.tasks import TASKS, build_prompt, get_task
 from .model.tokenizer import SpecialTokens, TextTokenizer
 
 __all__ = [

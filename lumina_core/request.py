@@ -17,7 +17,8 @@ from .decoding.fast import FastPlain, StepRunner
 from .decoding.generate import canvas_size, generate, plan_request
 from .decoding.sampler import DecodeStats
 from .decoding.sjd import SJDecoder
-from .decoding.tasks import ImageLayout, PromptPlan, TaskSpec, get_task
+from .layout import ImageLayout
+from .decoding.tasks import PromptPlan, TaskSpec, get_task
 from .parallel.workers import TPWorkers
 from .decoding.trained_tasks import task_warning
 

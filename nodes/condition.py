@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..lumina_core import InputError, encode_condition
 from ..lumina_core.image.prep import prepare_condition, signed_to_unit_bhwc
 from ..lumina_core.image import maps
-from ..lumina_core.decoding.tasks import ImageLayout
+from ..lumina_core.layout import ImageLayout
 from . import memory
 from .validation import choice_problem, first_problem, require, size_inputs, size_problem
 from .types import CATEGORY, ImageTokenizerType, LuminaTokens, TokensType

@@ -7,7 +7,8 @@ import torch
 from comfy_api.latest import io
 
 from ..lumina_core.decoding.sampler import DecodeStats
-from ..lumina_core.decoding.tasks import ImageLayout, TaskSpec
+from ..lumina_core.layout import ImageLayout
+from ..lumina_core.decoding.tasks import TaskSpec
 
 ModelType = io.Custom("LUMINA_MGPT2_MODEL")
 ImageTokenizerType = io.Custom("LUMINA_MGPT2_VQ")

@@ -24,7 +24,7 @@ import math
 from comfy_api.latest import io
 
 from ..lumina_core import InputError
-from ..lumina_core.decoding.tasks import SIZE_MULTIPLE, check_size
+from ..lumina_core.layout import SIZE_MULTIPLE, check_size
 
 MAX_SIDE = 4096
 DEFAULT_SIDE = 768  # the released model's native size

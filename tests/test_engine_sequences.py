@@ -8,7 +8,8 @@ from builders import released_layout_tokenizer, tiny_tokenizer
 from demo import DEMO_CHECKPOINT
 from lumina_core import InputError, TASKS, TextTokenizer, build_prompt
 from lumina_core.model.checkpoint_writer import save_tokenizer
-from lumina_core.decoding.tasks import ImageLayout, image_rows_to_ids
+from lumina_core.layout import ImageLayout
+from lumina_core.decoding.tasks import image_rows_to_ids
 
 START, END, ROW_END, SEP, BOS, CODE0 = 151665, 151666, 151670, 171384, 151645, 155000
 

@@ -2,5 +2,5 @@
 plain sampler, speculative Jacobi decoding, the fast (CUDA-graph) step, best-of-N with its scorers, the
 thread choice, and `generate`, the entry that ties them together.
 
-Floor 3: may import model/, memory/ and image/ (and errors, layout), never parallel/ or request.
+Floor 4: may import model/, memory/ and image/ (and errors, layout), never parallel/ or request.
 """

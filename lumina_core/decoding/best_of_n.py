@@ -19,7 +19,8 @@ from .generate import crop_codes, decode_images, encode_condition, generate, pla
 from ..memory.kv_cache import KVCache
 from .sampler import CancelFn, DecodeStats, ProgressFn
 from .scorers import LikelihoodScorer
-from .tasks import ImageLayout, TaskSpec
+from ..layout import ImageLayout
+from .tasks import TaskSpec
 
 RESERVE_BYTES = 512 * 2**20   # kept free for the prefill, the MoVQGAN decode and allocator slack
 WORKSPACE_COPIES = 8          # float32 [rows, T, codes] tensors alive during one step (logits, p, q, noise...)

@@ -11,7 +11,8 @@ from ..errors import GenerationCancelled, InputError
 from ..image.prep import prepare_condition, signed_to_unit_bhwc
 from .logits import SamplingOptions
 from .sampler import CancelFn, DecodeStats, ProgressFn, sample_plain
-from .tasks import ImageLayout, PromptPlan, TaskSpec, build_prompt, get_task
+from ..layout import ImageLayout
+from .tasks import PromptPlan, TaskSpec, build_prompt, get_task
 from .threads import decode_threads
 from ..model.tokenizer import check_text
 

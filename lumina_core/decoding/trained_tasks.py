@@ -71,7 +71,10 @@ def _declared(path: str) -> tuple[str, ...] | None:
 
 
 def task_warning(model, task: str) -> str | None:
-    """The warning for running `task` on `model` (a loaded LuminaMGPT), or None. Models built in memory
-    (no checkpoint folder) have no list and get no warning."""
+    """The warning for running `task` on `model` (a loaded LuminaMGPT, or a worker group), or None. The list
+    is read from the checkpoint folder the model came from, once; models built in memory (no folder) have no
+    list and get no warning."""
     trained = getattr(model, "trained_tasks", None)
+    if trained is None and getattr(model, "source_path", None):
+        trained = model.trained_tasks = read_trained_tasks(model.source_path)
     return trained.warning(task) if trained is not None else None

@@ -1,5 +1,5 @@
 """Pixels and image codes: the MoVQGAN image tokenizer, condition-image preparation and condition maps (canny),
 and previews of partly generated images.
 
-Floor 1: may import lumina_core.errors and lumina_core.layout only (no other room).
+Floor 2: may import lumina_core.errors and lumina_core.layout only (no other room).
 """

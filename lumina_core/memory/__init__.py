@@ -1,5 +1,5 @@
 """How weights and caches are held: int8 and int4 weight-only layers and their kernels, the KV cache (bf16 or
 int8), where the embedding table lives, and the planner that picks what fits a card.
 
-Floor 1: may import lumina_core.errors and lumina_core.layout only (no other room).
+Floor 2: may import lumina_core.errors and lumina_core.layout only (no other room).
 """

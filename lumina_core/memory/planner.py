@@ -26,7 +26,7 @@ import torch
 from ..errors import InputError
 from .kv_cache import KVCache
 from .quant import INT4_GROUP, int4_group_size
-from ..decoding.tasks import SIZE_MULTIPLE, ImageLayout
+from ..layout import SIZE_MULTIPLE, ImageLayout
 
 GiB = 1 << 30
 DEFAULT_PROMPT_TOKENS = 256   # the t2i template plus a long prompt; real prompts are ~60-200 tokens

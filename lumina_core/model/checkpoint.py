@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import read_config
+from .safetensors_files import open_safetensors, safetensors_shapes, set_tensor
 from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -29,23 +30,6 @@ def looks_like_movqgan(keys) -> bool:
 
 def looks_like_transformer(keys) -> bool:
     return any(k.startswith("model.embed_tokens") or k.startswith("model.layers.") for k in keys)
-
-
-def _open(file: str):
-    from safetensors import safe_open
-    try:
-        return safe_open(file, framework="pt", device="cpu")
-    except FileNotFoundError:
-        raise CheckpointError(f"weight file missing: {file}") from None
-    except Exception as e:  # SafetensorError: header or size mismatch
-        raise CheckpointError(f"{file} is truncated or corrupt ({e}). Re-download this file.") from None
-
-
-def safetensors_shapes(file: str) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, read from the header only."""
-    with _open(file) as f:
-        out = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    return out
 
 
 def weight_files(folder: str) -> dict[str, list[str]]:
@@ -94,17 +78,6 @@ def check_transformer_path(path: str) -> None:
         raise CheckpointError(f"checkpoint folder not found: {path}")
 
 
-def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    if attr in module._buffers:
-        module._buffers[attr] = value
-    else:
-        # setattr, not _parameters[...]: a host's layer may hold no weight until loaded (ComfyUI 0.33's
-        # comfy.ops with dynamic VRAM sets `weight = None` as a plain attribute), which this replaces
-        setattr(module, attr, nn.Parameter(value, requires_grad=False))
-
-
 def checkpoint_shapes(cls, cfg) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape that a checkpoint of `cfg` holds, from the module tree built with plain torch.nn
     layers on the meta device (free). Not from the model being loaded: a host's layers may create their
@@ -122,8 +95,8 @@ def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], d
     transform(name, slice) -> tensor: read only part of a tensor (a tensor-parallel shard) from its
     safetensors slice (index it like a tensor: slice[a:b], slice[:, a:b]); expected_shapes: the
     checkpoint shapes the strict check compares against when the model holds such parts.
-    read(file, name) -> tensor: read whole tensors another way (quant_io reads them unmapped);
-    on_loaded(name): called after each tensor is set (quant_io quantizes each completed layer).
+    read(file, name) -> tensor: read whole tensors another way (quantized_files reads them unmapped);
+    on_loaded(name): called after each tensor is set (quantized_files quantizes each completed layer).
     """
     expected = expected_shapes or {n: tuple(p.shape) for n, p in model.named_parameters()}
     found: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -156,7 +129,7 @@ def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], d
     for k, (file, _) in found.items():
         by_file.setdefault(file, []).append(k)
     for file, keys in by_file.items():
-        with _open(file) as f:
+        with open_safetensors(file) as f:
             for k in keys:
                 try:
                     t = (read(file, k) if read is not None else
@@ -164,7 +137,7 @@ def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], d
                 except Exception as e:
                     raise CheckpointError(f"could not read {k} from {file} ({e}); the file is corrupt.") from None
                 target = dtype if t.is_floating_point() else t.dtype
-                _set_tensor(model, k, t.to(device=device, dtype=target))
+                set_tensor(model, k, t.to(device=device, dtype=target))
                 del t
                 if on_loaded is not None:
                     on_loaded(k)
@@ -173,7 +146,6 @@ def load_state_streaming(model: nn.Module, files: dict[str, list[str] | None], d
 def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operations=None, attention="sdpa",
                      quantization: str = "none"):
     from .tokenizer import TextTokenizer
-    from ..decoding.trained_tasks import read_trained_tasks
 
     check_transformer_path(path)
     cfg = read_config(path)
@@ -194,7 +166,7 @@ def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operati
         model = cls(cfg, operations=operations, device="meta", dtype=dtype)
     skip = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     expected = checkpoint_shapes(cls, cfg)
-    # quantized weights (quant_io.py): a saved quantized folder loads into quantized layers (its own
+    # quantized weights (quantized_files.py): a saved quantized folder loads into quantized layers (its own
     # expected shapes); with quantization int8/int4 a float folder is quantized layer by layer as it streams
     from .quantized_files import prepare_quantized_load
     hooks = {"expected_shapes": expected, **prepare_quantized_load(model, files, quantization, dtype, skip)}
@@ -217,5 +189,4 @@ def load_transformer(cls, path: str, dtype=torch.bfloat16, device="cpu", operati
         model.tokenizer.check_model_vocab(cfg.vocab_size)
     else:
         log.warning("no tokenizer.json in %s; pass a TextTokenizer to generation explicitly", path)
-    model.trained_tasks = read_trained_tasks(path)  # for the warning on tasks it was not trained for
     return model

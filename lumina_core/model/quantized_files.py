@@ -21,6 +21,7 @@ import struct
 import torch
 from torch import nn
 
+from .safetensors_files import open_safetensors
 from ..errors import CheckpointError, InputError
 from ..memory.quant import INT4_GROUP, WEIGHT_FORMATS, Int4Linear, Int8Linear, quantized_linear, weight_format
 
@@ -64,8 +65,7 @@ class ShardReader:
 
 
 def file_metadata(file: str) -> dict:
-    from .checkpoint import _open  # its errors name truncated or corrupt files
-    with _open(file) as f:
+    with open_safetensors(file) as f:  # its errors name truncated or corrupt files
         return f.metadata() or {}
 
 

@@ -349,9 +349,9 @@ def shard_(model, shard: Shard | None = None, quantize: QuantizeFn | None = None
     local = {n: plan.take(n, p.detach()).clone() for n, p in model.named_parameters()}
     device = model.device
     localize_(model, plan)
-    from ..model.checkpoint import _set_tensor
+    from ..model.safetensors_files import set_tensor
     for n, t in local.items():
-        _set_tensor(model, n, t.to(device))
+        set_tensor(model, n, t.to(device))
     _finish(model, plan, quantize)
     return model
 
@@ -361,6 +361,7 @@ def load_sharded(cls, path: str, shard: Shard | None = None, dtype=torch.bfloat1
     """Load this rank's part of a checkpoint folder: the model is built on meta at local shapes and only
     the rank's slices are read from the safetensors files. `cls` is LuminaMGPT (or a subclass)."""
     from ..model import checkpoint as ck
+    from ..model.safetensors_files import safetensors_shapes
     from ..model.config import read_config
     from ..model.tokenizer import TextTokenizer
 
@@ -370,7 +371,7 @@ def load_sharded(cls, path: str, shard: Shard | None = None, dtype=torch.bfloat1
     files = ck.weight_files(path)
     shapes = {}
     for file in files:
-        shapes.update(ck.safetensors_shapes(file))
+        shapes.update(safetensors_shapes(file))
     for which in ("q", "k"):
         shape = shapes.get(f"model.layers.0.self_attn.{which}_norm.weight")
         if shape is not None:
