@@ -24,7 +24,7 @@ def workers_of(comfy) -> list[psutil.Process]:
     out = []
     for child in psutil.Process(comfy.proc.pid).children(recursive=True):
         try:
-            if "lumina_core.parallel.workers" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+            if "lumina_core.parallel.worker" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                 out.append(child)
         except psutil.NoSuchProcess:
             pass

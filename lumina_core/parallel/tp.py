@@ -18,43 +18,19 @@ shard), through a function that takes one local nn.Linear and returns its replac
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from ..model.transformer import HeadLayerNorm, _on
+from ..model.transformer import HeadLayerNorm
+from .collectives import ShardedHead, add_collectives_  # noqa: F401 (ShardedHead: part of tp's surface)
+from .group import Rendezvous, init_env_group, init_group, leave_group  # noqa: F401 (tp's callers start groups here)
+from .shard import Shard
 
 QuantizeFn = Callable[[nn.Linear, bool], nn.Module]  # (local float layer, row_parallel) -> layer
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's place in a tensor-parallel group."""
-    rank: int
-    world: int
-    group: object = None  # a torch.distributed ProcessGroup; None = the default group
-
-    @classmethod
-    def current(cls, group=None) -> "Shard":
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("tensor parallelism needs torch.distributed.init_process_group() first")
-        return cls(dist.get_rank(group), dist.get_world_size(group), group)
-
-    def span(self, n: int) -> tuple[int, int]:
-        """This rank's equal part [a, b) of n things (n divisible by world)."""
-        step = n // self.world
-        return self.rank * step, (self.rank + 1) * step
-
-    def padded_span(self, n: int) -> tuple[int, int, int]:
-        """This rank's part [a, b) of n things in chunks of ceil(n / world) (the last may be short), and the chunk."""
-        chunk = -(-n // self.world) if n else 0
-        a = min(n, self.rank * chunk)
-        return a, min(n, a + chunk), chunk
 
 
 def check_divisible(cfg, world: int) -> None:
@@ -208,77 +184,6 @@ def localize_(model, plan: Plan) -> None:
     model.local_kv_heads = Hkv  # KVCache.for_model allocates this many heads
 
 
-# ----------------------------------------------------------------------------------------- collectives
-class ShardedHead(nn.Module):
-    """The lm_head of one rank: its rows in a local linear (float or quantized); logits all-gathered.
-
-    Local rows: [image-code chunk | chunk of the other rows], both zero padded to equal sizes per rank.
-    """
-
-    def __init__(self, local: nn.Module, plan: Plan):
-        super().__init__()
-        self.local = local
-        self.group = plan.shard.group
-        self.world = plan.shard.world
-        self.code_rows = plan.code_rows
-        self.vocab = plan.cfg.vocab_size
-        self.code_chunk, self.rest_chunk = plan.codes[2], plan.rest[2]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.local.weight
-
-    def _gather(self, part: torch.Tensor, keep: int) -> torch.Tensor:
-        part = part.contiguous()
-        if self.world == 1:
-            return part[..., :keep]
-        parts = [torch.empty_like(part) for _ in range(self.world)]
-        dist.all_gather(parts, part, group=self.group)
-        return torch.cat(parts, -1)[..., :keep]
-
-    def _local_rows(self, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        if hasattr(self.local, "forward_rows"):
-            return self.local.forward_rows(x, a, b)
-        w = self.local.weight[a:b]
-        return F.linear(x, _on(w, x))
-
-    def code_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits over the image-code rows, every rank's chunk gathered: [..., n_codes]."""
-        c0, c1 = self.code_rows
-        return self._gather(self._local_rows(x, 0, self.code_chunk), c1 - c0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c0, c1 = self.code_rows
-        local = self.local(x)
-        codes = self._gather(local[..., : self.code_chunk], c1 - c0)
-        rest = self._gather(local[..., self.code_chunk:], self.vocab - (c1 - c0))
-        return torch.cat([rest[..., :c0], codes, rest[..., c0:]], -1)
-
-    def forward_rows(self, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        c0, c1 = self.code_rows
-        if c0 <= a and b <= c1 and c1 > c0:
-            return self.code_logits(x)[..., a - c0:b - c0]
-        return self.forward(x)[..., a:b]
-
-
-def _all_reduce_hook(group):
-    def hook(module, inputs, output):
-        dist.all_reduce(output, group=group)
-        return output
-    return hook
-
-
-def add_collectives_(model, plan: Plan) -> None:
-    """One all-reduce after each row-parallel layer (on the attention and MLP blocks' outputs), and the
-    gathering lm_head."""
-    if plan.shard.world > 1:
-        for layer in model.model.layers:
-            layer.self_attn.register_forward_hook(_all_reduce_hook(plan.shard.group))
-            layer.mlp.register_forward_hook(_all_reduce_hook(plan.shard.group))
-    model.lm_head = ShardedHead(model.lm_head, plan)
-    model.tp_shard = plan.shard
-
-
 ROW_PARALLEL = ("o_proj", "down_proj")
 
 
@@ -410,57 +315,3 @@ def resident_weight_bytes(model) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
-
-
-# ----------------------------------------------------------------------------------------- process groups
-class Rendezvous:
-    """Where the ranks of a group meet: a TCPStore server on a free 127.0.0.1 port, held by the process that
-    starts the ranks (the Multi-GPU Loader's parent, a test, a benchmark), never by a rank. With tcp:// the
-    store lives in rank 0, whose exit then tears it down under ranks still using it; here it outlives them."""
-
-    def __init__(self, host: str = "127.0.0.1", timeout_s: float = 300.0):
-        import datetime
-        self.host = host
-        self._store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
-        self.port = self._store.port
-
-    def close(self) -> None:
-        self._store = None
-
-
-def init_group(rank: int, world: int, port: int, device: str | torch.device = "cpu", host: str = "127.0.0.1",
-               timeout_s: float = 300.0) -> Shard:
-    """Join a `world`-rank group through the Rendezvous on host:port: NCCL for CUDA devices, gloo otherwise."""
-    import datetime
-    device = torch.device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-    return Shard(rank, world)
-
-
-def leave_group() -> None:
-    """Leave the group together: a barrier first, so no rank closes its connections while a peer still has
-    collective traffic in flight to it, then the process group is destroyed."""
-    if dist.is_initialized():
-        try:
-            dist.barrier()
-        finally:  # a peer that died fails the barrier: leave anyway
-            dist.destroy_process_group()
-
-
-def init_env_group(device: str | torch.device | None = None) -> tuple[Shard, torch.device]:
-    """Join the group torchrun describes (env://: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT),
-    across machines as on one. device None: cuda:LOCAL_RANK when CUDA is available, else the CPU."""
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    return Shard.current(), device
