@@ -1,5 +1,5 @@
 """The bundled demo through a real ComfyUI server while another process keeps one core busy: the engine's
-thread choice (lumina_core.threads) against torch's default thread count, side by side in one run.
+thread choice (lumina_core/decoding/threads.py) against torch's default thread count, side by side in one run.
 
     python bench/busy_cpu.py                      # 64x64 and 160x160, idle and busy, both settings
     python bench/busy_cpu.py --sizes 64 --runs 3

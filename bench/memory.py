@@ -6,7 +6,7 @@
     python bench/memory.py load --layers 8       # host memory while quantizing at load (7B-shaped layers)
 
 table / cards: the real 7B config is built on the meta device (nothing allocated) and the planner
-(lumina_core/planner.py) counts bytes per part. GiB = 2^30 bytes; the issue's targets are checked in
+(lumina_core/memory/planner.py) counts bytes per part. GiB = 2^30 bytes; the issue's targets are checked in
 decimal GB (1e9), the stricter reading.
 
 measure: a random model of a small config (saved as a real checkpoint folder, loaded with

@@ -42,7 +42,7 @@ DEMO_SAMPLING = {"task": "t2i", "width": 64, "height": 64, "cfg": 1.5, "top_k": 
                  "top_p": 1.0, "guidance_top_k": 0}
 
 
-# The tasks train_transformer trains; the sampler warns when asked for any other (lumina_core.trained_tasks).
+# The tasks train_transformer trains; the sampler warns when asked for any other (lumina_core/decoding/trained_tasks.py).
 DEMO_TASKS = ["t2i", "pair_canny", "control_canny"]
 
 

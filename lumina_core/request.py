@@ -148,7 +148,7 @@ def merged_stats(chunk_stats: list[DecodeStats]) -> DecodeStats:
 
 def run_request(prepared: PreparedRequest, model, *, decoder=None, image_tokenizer=None, progress=None,
                 cancel=None, speed=None) -> Outcome:
-    """Generate `prepared` on `model`: a loaded LuminaMGPT, or a tensor-parallel worker group (tp_workers; it
+    """Generate `prepared` on `model`: a loaded LuminaMGPT, or a tensor-parallel worker group (parallel/workers.py; it
     takes the Speed Settings `speed` itself). progress(rows_done, total_rows, codes) after every row; cancel()
     between rows."""
     r = prepared.request

@@ -1,4 +1,4 @@
-"""The tensor-parallel worker group a host holds (lumina_core.tp_workers), on two CPU ranks with gloo: the
+"""The tensor-parallel worker group a host holds (lumina_core/parallel/workers.py), on two CPU ranks with gloo: the
 same codes as the single-process model for plain, SJD and best-of-N decoding, rank 0's progress, Cancel
 stopping both ranks at the same row, a killed worker giving a clear error and stopping the others, and no
 worker left behind when the parent exits without closing."""

@@ -80,7 +80,7 @@ def save_config(folder: str, config: LuminaConfig, vocabulary_map: dict | None =
 def save_weights(folder: str, state: dict[str, torch.Tensor], shards: int = 1, dtype=None,
                  metadata: dict[str, str] | None = None) -> list[str]:
     """Write model.safetensors, or `shards` files plus model.safetensors.index.json; `metadata` goes
-    into every shard's header (quant_io records the quantization there)."""
+    into every shard's header (quantized_files.py records the quantization there)."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
