@@ -39,7 +39,8 @@ from lumina_core.memory.kv_cache import KVCache  # noqa: E402
 from lumina_core.decoding.logits import SamplingOptions  # noqa: E402
 from lumina_core.memory.quant import Int8Linear, int8pack_works, linear_weight_bytes, quantize_int8_, triton_works  # noqa: E402
 from lumina_core.decoding.sampler import Session, pick_codes, sample_plain  # noqa: E402
-from lumina_core.decoding.sjd import JacobiRun, SJDecoder  # noqa: E402
+from lumina_core.decoding.jacobi import JacobiRun  # noqa: E402
+from lumina_core.decoding.sjd import SJDecoder  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- single ops

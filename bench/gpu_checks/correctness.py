@@ -10,7 +10,8 @@ from bench.gpu_checks.common import (GREEDY, NA_CPU, SMALL, WINDOW, Forced, firs
 from bench.gpu_checks.context import CheckContext
 from bench.gpu_setup import make_plan
 from lumina_core.decoding.sampler import sample_plain
-from lumina_core.decoding.sjd import JacobiRun, SJDecoder
+from lumina_core.decoding.jacobi import JacobiRun
+from lumina_core.decoding.sjd import SJDecoder
 from lumina_core.memory.kv_cache import kv_cache_format
 from lumina_core.memory.quant import Int4Linear, Int8Linear, dequantize_int4, int4_group_size, int8pack_works
 from lumina_core.memory.triton_kernels import triton as triton_module

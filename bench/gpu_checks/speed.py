@@ -9,7 +9,8 @@ from bench.gpu_checks.common import SAMPLED, WINDOW, size
 from bench.gpu_checks.context import CheckContext
 from bench.gpu_setup import IMAGE, integrate, make_plan, plain_step_ms, sjd_window_ms
 from lumina_core.decoding.sampler import Session
-from lumina_core.decoding.sjd import JacobiRun, SJDecoder
+from lumina_core.decoding.jacobi import JacobiRun
+from lumina_core.decoding.sjd import SJDecoder
 from lumina_core.memory.kv_cache import kv_cache_format
 from lumina_core.memory.quant import linear_weight_bytes
 

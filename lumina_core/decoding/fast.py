@@ -52,10 +52,10 @@ class StepRunner:
         return min(max_len, -(-kv_len // self.bucket) * self.bucket)
 
     def __call__(self, tokens: torch.Tensor, cache, slots: torch.Tensor, kv_len: int,
-                 rows: tuple[int, int] | None = None, last_only: bool = False) -> torch.Tensor:
+                 rows: tuple[int, int] | None = None, last_only: bool = False, tree=None) -> torch.Tensor:
         kv = self.kv_bucket(kv_len, cache.max_len)
         if not self.use_graphs:
-            return self.step(tokens, cache, slots, kv, rows, last_only)
+            return self.step(tokens, cache, slots, kv, rows, last_only, tree=tree)
         # a graph holds the addresses of the cache and of the weights: recapture when either moves
         # (a new generation's cache; a host that offloads or reloads weights, e.g. ComfyUI low-VRAM)
         cache_id = (tuple(t.data_ptr() for t in cache.tensors()) + (cache.starts.data_ptr(), tuple(cache.k[0].shape))
@@ -64,17 +64,17 @@ class StepRunner:
         if cache_id != self._cache_id:
             self.reset()
             self._cache_id = cache_id
-        key = (tuple(tokens.shape), tuple(slots.shape), kv, rows, last_only)
+        key = (tuple(tokens.shape), tuple(slots.shape), kv, rows, last_only, tree)  # a tree's tensors are constants
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._graphs[key] = self._capture(tokens, cache, slots, kv, rows, last_only)
+            entry = self._graphs[key] = self._capture(tokens, cache, slots, kv, rows, last_only, tree)
         graph, tok_buf, slot_buf, out = entry
         tok_buf.copy_(tokens)
         slot_buf.copy_(slots)
         graph.replay()
         return out.clone()
 
-    def _capture(self, tokens, cache, slots, kv, rows, last_only):
+    def _capture(self, tokens, cache, slots, kv, rows, last_only, tree=None):
         tok_buf, slot_buf = tokens.clone(), slots.clone()
         # warm up on a side stream (lazy cuBLAS/attention setup must not happen during capture); the
         # step writes the same keys/values at the same slots each time, so running it twice is harmless
@@ -82,13 +82,13 @@ class StepRunner:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.step(tok_buf, cache, slot_buf, kv, rows, last_only)
+                self.step(tok_buf, cache, slot_buf, kv, rows, last_only, tree=tree)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            out = self.step(tok_buf, cache, slot_buf, kv, rows, last_only)
+            out = self.step(tok_buf, cache, slot_buf, kv, rows, last_only, tree=tree)
         self.captures += 1
         return graph, tok_buf, slot_buf, out
 

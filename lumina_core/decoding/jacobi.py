@@ -34,48 +34,28 @@ from dataclasses import dataclass
 import torch
 
 from . import rng
-from ..errors import GenerationCancelled, InputError
-from .logits import SamplingOptions, draw, guide, truncate
-from .sampler import CancelFn, ProgressFn, Session, code_logprob, guidance_schedule, pick_codes
-from .tasks import PromptPlan
+from ..errors import GenerationCancelled
+from .logits import draw, guide, truncate
+from .relaxed import code_groups, group_mass
+from .sampler import Session, code_logprob, guidance_schedule, pick_codes
 
 log = logging.getLogger(__name__)
 
-INITS = ("random", "spatial")
-MODES = ("exact", "upstream")
-
-
-@dataclass(frozen=True)
-class SJDecoder:
-    """Decoding strategy for `generate(..., decoder=SJDecoder())`.
-
-    window: tokens per forward (1 last token + window-1 drafts); 16 as upstream.
-    init: "random" (uniform codes) or "spatial" (the code one row above when it is known).
-    mode: "exact" (lossless) or "upstream" (upstream's acceptance/resampling, not lossless).
-    forward: optional cached-step function (a fast.py runner); default model.forward_step.
-    coupled: re-draft by maximal coupling with the previous draft (lossless, cf. MC-SJD/SCD; ~15% more
-    codes per forward than independent re-drafts on the test models) instead of independently.
-    graphs: on CUDA, replay the verification math (guidance, acceptance, residual and re-draws: ~100
-    small kernels per window) as one CUDA graph; falls back to eager if capture fails.
-    """
-    window: int = 16
-    init: str = "random"
-    mode: str = "exact"
-    forward: object = None
-    graphs: bool = False
-    coupled: bool = True
-
-    def __post_init__(self):
-        if self.window < 2:
-            raise InputError(f"SJD window must be >= 2 (1 known token + drafts), got {self.window}")
-        if self.init not in INITS:
-            raise InputError(f"SJD init must be one of {INITS}, got {self.init!r}")
-        if self.mode not in MODES:
-            raise InputError(f"SJD mode must be one of {MODES}, got {self.mode!r}")
-
-    def sample(self, model, plan: PromptPlan, special, seeds: list[int], opts: SamplingOptions,
-               progress: ProgressFn | None = None, cancel: CancelFn | None = None):
-        return JacobiRun(self, model, plan, special, seeds, opts.validated()).run(progress, cancel)
+@dataclass
+class Chain:
+    """One window's outputs seen as one chain of drafts per image: guided logits, scores and p at the
+    positions after the last final token [B, L, V], the drafts tested there [B, L-1] and the laws they were
+    drawn from [B, L-1, V]. cap: how many of them may be kept (int or [B]); past it the outputs were computed on
+    another path's context. decided / decided_residual [B, D]: when several candidates competed for each of the
+    first D positions (jacobi_tree), whether one was kept there, and the code drawn when none was."""
+    guided: torch.Tensor
+    scores: torch.Tensor
+    p: torch.Tensor
+    drafts: torch.Tensor
+    q: torch.Tensor
+    cap: object
+    decided: torch.Tensor | None = None
+    decided_residual: torch.Tensor | None = None
 
 
 def _one_hot(codes: torch.Tensor, n: int) -> torch.Tensor:
@@ -91,19 +71,20 @@ class JacobiRun:
     bench/gpu.py times iterate() at chosen context lengths by setting done/fed.
     """
 
-    def __init__(self, cfg: SJDecoder, model, plan, special, seeds, opts):
+    def __init__(self, cfg, model, plan, special, seeds, opts):
         self.cfg, self.model, self.special, self.opts = cfg, model, special, opts
         lay = self.layout = plan.layout
         dev = self.dev = model.device
         self.B, self.L, self.w = len(seeds), cfg.window, lay.w_lat
+        self.T = self.tokens_per_forward()
         self.N = lay.gen_rows * (self.w + 1) - 1
-        self.session = Session(model, plan, self.B, opts.uses_cfg, slack=self.L, forward=cfg.forward)
+        self.session = Session(model, plan, self.B, opts.uses_cfg, slack=self.T, forward=cfg.forward)
         self.seed_t = rng.seed_tensor(seeds, dev)
         self.code_rows = special.image_rows
         self.V = special.num_image_codes
         # per-position tables, padded by L so a window near the end can index past N
         i0 = lay.prefix_rows * (self.w + 1)
-        absolute = torch.arange(i0, i0 + self.N + self.L, device=dev)
+        absolute = torch.arange(i0, i0 + self.N + self.T, device=dev)
         row, col = absolute // (self.w + 1), absolute % (self.w + 1)
         self.structural = (col == self.w) | (absolute >= i0 + self.N)
         self.counter = row * self.w + col
@@ -114,7 +95,12 @@ class JacobiRun:
         prefix = plan.cond_ids[len(plan.cond_ids) - i0:] if i0 else []
         self.cond_row = (torch.tensor(prefix[-(self.w + 1):-1], device=dev) - special.image_code_start
                          if prefix else None)
-        self.tokens = torch.full((self.B, self.N + self.L), special.row_end, dtype=torch.long, device=dev)
+        self.tokens = torch.full((self.B, self.N + self.T), special.row_end, dtype=torch.long, device=dev)
+        self.groups = code_groups(model, cfg.relaxed) if getattr(cfg, "relaxed", 0) > 1 else None
+
+    def tokens_per_forward(self) -> int:
+        """Tokens each window feeds: the last final token and window-1 drafts (a tree run feeds more)."""
+        return self.L
 
     # ----------------------------------------------------------------- helpers
     def _at(self, table, pos):
@@ -178,8 +164,11 @@ class JacobiRun:
         if self.opts.greedy:
             ok = drafts == scores.argmax(-1)
         else:
-            px = p.gather(-1, drafts[..., None])[..., 0]
-            qx = q.gather(-1, drafts[..., None])[..., 0]
+            if self.groups is not None:  # lossy: the draft's group of similar codes (relaxed.py)
+                px, qx = group_mass(p, self.groups, drafts), group_mass(q, self.groups, drafts)
+            else:
+                px = p.gather(-1, drafts[..., None])[..., 0]
+                qx = q.gather(-1, drafts[..., None])[..., 0]
             u = rng.uniform(self.seed_t, self.counter[pos], 1, rng.STREAM_ACCEPT)[..., 0]
             ok = u * qx < px          # u < p/q without dividing by a tiny q
         return ok | self.structural[pos]
@@ -214,7 +203,7 @@ class JacobiRun:
     def _forward(self, tokens, slots):
         """One batched-CFG window forward."""
         s = self.session
-        kv_len = self.base + int(self.fed_max) + self.L
+        kv_len = self.base + int(self.fed_max) + self.T
         s.cache.length = kv_len
         s.stats.forwards += 1
         return s.forward(tokens, s.cache, slots, kv_len=kv_len, rows=self.code_rows)
@@ -236,6 +225,7 @@ class JacobiRun:
         self.fed = torch.zeros(B, dtype=torch.long, device=dev)    # of which in the cache (done - 1)
         self.drafts, self.q = self._init_drafts(self.done[:, None] + self.ar[:-1], self.done)
         self.done_host = [1] * B
+        self.codes_per_forward = torch.zeros(self.T + 1, dtype=torch.long, device=dev)  # forwards by codes gained
         self.use_graph = self.cfg.graphs and dev.type == "cuda"
         self._graph, self._logits_buf = None, None
 
@@ -272,20 +262,36 @@ class JacobiRun:
             self._advance(logits)
 
     def _advance(self, logits) -> None:
+        self._settle(self._chain(logits))
+
+    def _chain(self, logits) -> "Chain":
+        """The window's outputs as one chain of drafts per image (a plain window is one already)."""
+        out_pos = self.done[:, None] + self.ar
+        guided, scores = self._scores(logits, out_pos)
+        return Chain(guided, scores, scores.softmax(-1), self.drafts, self.q, cap=self.L - 1)
+
+    def _settle(self, c: "Chain") -> None:
+        """Accept along the chain, draw the token after the kept drafts, write them, and re-draft."""
         B, L, N, ar, sp = self.B, self.L, self.N, self.ar, self.special
         arB = torch.arange(B, device=self.dev)
         done, fed = self.done, self.fed
         active = done < N
         draft_pos = done[:, None] + ar[:-1]                                          # [B, L-1]
-        draft_ids = torch.where(self.structural[draft_pos], sp.row_end, self.drafts + sp.image_code_start)
+        draft_ids = torch.where(self.structural[draft_pos], sp.row_end, c.drafts + sp.image_code_start)
         out_pos = done[:, None] + ar                                                 # [B, L]
-        guided, scores = self._scores(logits, out_pos)
-        p = scores.softmax(-1)
-        keep = self._accept(scores[:, :-1], p[:, :-1], self.drafts, self.q, draft_pos) & (draft_pos < N)
+        guided, scores, p = c.guided, c.scores, c.p
+        keep = self._accept(scores[:, :-1], p[:, :-1], c.drafts, c.q, draft_pos) & (draft_pos < N)
+        if c.decided is not None:  # the first positions were decided among several candidates (jacobi_tree)
+            D = c.decided.shape[1]
+            keep[:, :D] = c.decided & (draft_pos[:, :D] < N)
+        keep &= ar[:-1] < (c.cap if isinstance(c.cap, int) else c.cap[:, None])  # outputs past a branch are stale
         k = keep.long().cumprod(1).sum(1)                                            # kept drafts
-        # the token after the kept drafts: residual sample, or a fresh one if all were kept
-        kq = torch.cat([self.q, self.q[:, :1]], 1)[arB, k]                           # unused when k = L-1
-        new = self._correct(scores[arB, k], p[arB, k], kq, out_pos[arB, k], k < L - 1)
+        # the token after the kept drafts: residual sample after a rejection, a fresh one when the drafts ran out
+        kq = torch.cat([c.q, c.q[:, :1]], 1)[arB, k]                                 # unused when k = cap
+        new = self._correct(scores[arB, k], p[arB, k], kq, out_pos[arB, k], k < c.cap)
+        if c.decided is not None:  # every candidate of that position was rejected: their joint residual's sample
+            D = c.decided.shape[1]
+            new = torch.where(k < D, c.decided_residual.gather(1, k.clamp(max=D - 1)[:, None])[:, 0], new)
         new_ids = torch.where(self.structural[out_pos[arB, k]], sp.row_end, new + sp.image_code_start)
         has_new = active & (done + k < N)
         # write the kept drafts and the new token; add their guided log-probs (their context is final)
@@ -297,6 +303,8 @@ class JacobiRun:
         code_ids = (window_ids - sp.image_code_start).clamp(0, self.V - 1)
         # where, not a product: a non-final slot may hold a code that guidance_top_k set to -inf (-inf * 0 = nan)
         self.logprob += torch.where(is_code, code_logprob(guided, code_ids), 0.0).sum(1)
+        self.codes_per_forward.index_add_(0, is_code.sum(1), active.long())         # the histogram in the stats
+        self._keep_cache(k, active)
         # advance (in place); the window's other samples become the next drafts (Jacobi update)
         fed.copy_(torch.where(active, fed + 1 + k, fed))
         self.iters += active.long()
@@ -306,9 +314,13 @@ class JacobiRun:
         src = nxt - out_pos[:, :1]                                                   # their window output index
         carried = src <= L - 1
         src = src.clamp(max=L - 1)
-        fresh_codes, fresh_q = self._init_drafts(nxt.clamp(max=N + L - 1), done)
+        fresh_codes, fresh_q = self._init_drafts(nxt.clamp(max=N + self.T - 1), done)
         self.drafts.copy_(torch.where(carried, redrawn.gather(1, src), fresh_codes))
         self.q.copy_(torch.where(carried[..., None], p_now.gather(1, src[..., None].expand(-1, -1, self.V)), fresh_q))
+
+    def _keep_cache(self, kept: torch.Tensor, active: torch.Tensor) -> None:
+        """The kept drafts' keys and values must sit right after the last final token's: in a plain window they
+        do already (a tree moves a side branch's there)."""
 
     def run(self, progress, cancel):
         t0 = time.perf_counter()
@@ -324,6 +336,9 @@ class JacobiRun:
         stats.seconds = time.perf_counter() - t0
         stats.extra["image_forwards"] = self.iters.tolist()
         stats.extra["window"] = self.L
+        stats.extra["tokens_per_forward"] = self.T
+        hist = self.codes_per_forward.tolist()
+        stats.extra["codes_per_forward_hist"] = hist[: max(i for i, n in enumerate(hist) if n or i == 0) + 1]
         return self._codes(), stats
 
     def _codes(self):

@@ -17,6 +17,7 @@ STREAM_ACCEPT = 1      # SJD acceptance test
 STREAM_RESIDUAL = 2    # SJD resampling after a rejection
 STREAM_INIT = 3        # SJD random draft initialisation
 STREAM_DRAFT = 4       # SJD re-drafts; the image's iteration number is added, so each re-draft has fresh noise
+STREAM_CANDIDATE = 1_000_003  # SJD's tests of the other candidates for a position (past any re-draft stream)
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:

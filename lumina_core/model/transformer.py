@@ -241,6 +241,22 @@ def decode_mask(starts: torch.Tensor, slots: torch.Tensor, kv_len: int) -> torch
     return (causal & own).unsqueeze(1)
 
 
+def tree_mask(starts: torch.Tensor, slots: torch.Tensor, kv_len: int, ancestors: torch.Tensor) -> torch.Tensor:
+    """Boolean attention mask [B, 1, T, kv_len] for a window of T tree nodes written at consecutive `slots`
+    [B, T] (slots[b, 0] onwards): a node sees the stream's keys before the window and, inside it, only its
+    ancestors and itself (`ancestors` [T, T], row t = the nodes t sees). Siblings and other branches stay
+    invisible to each other, so one forward scores every branch as if it were alone."""
+    j = torch.arange(kv_len, device=slots.device)
+    first = slots[:, :1, None]                                        # [B, 1, 1] the window's first slot
+    offset = (j - first).clamp(0, ancestors.shape[1] - 1)             # [B, 1, S] node index of a window slot
+    inside = (j >= first) & (j < first + ancestors.shape[1])
+    T = ancestors.shape[0]
+    seen = ancestors[None].expand(slots.shape[0], -1, -1).gather(2, offset.expand(-1, T, -1))  # [B, T, S]
+    sees = torch.where(inside, seen, j < first)
+    own = j >= starts[:, None, None]
+    return (sees & own).unsqueeze(1)
+
+
 class LuminaMGPT(nn.Module):
     """Lumina-mGPT 2.0 decoder. `model(input_ids)` returns float32 logits of one causal forward."""
 
@@ -318,18 +334,25 @@ class LuminaMGPT(nn.Module):
         return self.logits(self.model.norm(x))
 
     def forward_step(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, kv_len: int,
-                     rows: tuple[int, int] | None = None, last_only: bool = False) -> torch.Tensor:
+                     rows: tuple[int, int] | None = None, last_only: bool = False, tree=None) -> torch.Tensor:
         """Run `tokens` [B, T] written at cache `slots` ([T], or [B, T] when rows advance separately);
         attend over the first `kv_len` slots (slots past a row's own are masked, so a larger kv_len is exact).
+        tree: the window is a token tree (jacobi_tree.DeviceTree: `depth` [T] and `ancestors` [T, T] on this
+        device) written at consecutive per-row slots: node t sits at position slots[:, 0] + depth[t] and sees
+        only its ancestors (tree_mask), so its output is exactly what its own branch alone would give.
 
         Returns float32 logits [B, T, n] (n = rows span, or the vocabulary); [B, 1, n] with last_only.
         Graph-friendly: no host sync, shapes depend only on (B, T, kv_len).
         """
         # SJD's padding drafts past the image end can sit past the rotary table: their outputs are never used
         # and nothing attends to them, so any in-range position will do
-        positions = ((slots if slots.ndim == 2 else slots[None, :]) - cache.starts[:, None]).clamp_(
-            min=0, max=self.rotary.cos.shape[0] - 1)
-        mask = decode_mask(cache.starts, slots, kv_len)
+        if tree is None:
+            at = slots if slots.ndim == 2 else slots[None, :]
+            mask = decode_mask(cache.starts, slots, kv_len)
+        else:
+            at = slots[:, :1] + tree.depth[None, :]
+            mask = tree_mask(cache.starts, slots, kv_len, tree.ancestors)
+        positions = (at - cache.starts[:, None]).clamp_(min=0, max=self.rotary.cos.shape[0] - 1)
         x = self.embed(tokens)
         cos, sin = self.rotary(positions, x.dtype)
         for i, layer in enumerate(self.model.layers):

@@ -7,7 +7,7 @@ import pickle
 import torch
 
 DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SJD_FIELDS = ("window", "init", "mode", "coupled")
+SJD_FIELDS = ("window", "init", "mode", "coupled", "candidates", "branch", "levels", "relaxed")
 
 
 def send(conn, msg) -> None:
