@@ -3,6 +3,7 @@
     python -m bench.forward_passes                       # demo model if built, else a tiny random model
     python -m bench.forward_passes --shapes-eval --n 20  # + shapes-eval accuracy: plain, SJD, best-of-4/8
     python -m bench.forward_passes --shapes-eval --n 200 --methods plain sjd16   # more images, fewer methods
+    python -m bench.forward_passes --sjd-ablation --seeds 8    # SJD variants, two regimes, with histograms
 
 Forwards are batched forward passes after the prefill (SJD: this image's windows). Image tokens per
 forward counts image codes only (row ends are free). Greedy and sampled (the demo's recommended
@@ -85,6 +86,72 @@ def print_forwards(rows, label, size, seeds):
               f"{r['per_forward']:.2f} | {r['seconds']:.3f} |")
 
 
+# ----------------------------------------------------------------------------- SJD ablation
+ABLATION = [  # (label, SJDecoder keywords): each row adds one thing to the row above it
+    ("SJD, window 16 (upstream's)", dict(window=16)),
+    ("+ window 32", dict(window=32)),
+    ("+ 4 candidates for the next position, 4-draft side chains", dict(window=32, candidates=4, branch=4)),
+    ("+ 8-draft side chains", dict(window=32, candidates=4, branch=8)),
+    ("+ 8 candidates", dict(window=32, candidates=8, branch=8)),
+    ("instead: two branching levels (4 x 4, 4-draft chains)", dict(window=32, candidates=4, levels=2, branch=4)),
+    ("LOSSY: relaxed acceptance (groups of 8) on the 4 x 8 tree", dict(window=32, candidates=4, branch=8, relaxed=8)),
+]
+REGIMES = {"demo defaults": None, "flat (cfg 3, T 1, top-k 0)": SamplingOptions(cfg=3.0, top_k=0, temperature=1.0)}
+
+
+def sjd_ablation(model, defaults: dict, size: int, seeds: list[int]) -> list[dict]:
+    """Forwards per image and the histogram of codes gained per forward, for each ABLATION row and regime."""
+    regimes = {name: opts or sampling_settings(defaults)["sampled"] for name, opts in REGIMES.items()}
+    rows = []
+    for label, kw in ABLATION:
+        decoder = SJDecoder(**kw)
+        row = dict(label=label, tokens=decoder.tokens_per_forward)
+        for regime, opts in regimes.items():
+            forwards, hist = [], []
+            for prompt in PROMPTS:
+                res = generate(model, prompt, size, size, seeds=seeds, sampling=opts, decoder=decoder)
+                forwards += res.stats.extra["image_forwards"]
+                h = res.stats.extra["codes_per_forward_hist"]
+                hist = [a + b for a, b in zip(hist + [0] * (len(h) - len(hist)), h + [0] * (len(hist) - len(h)))]
+            codes = res.stats.image_tokens
+            row[regime] = dict(per_forward=codes * len(forwards) / sum(forwards), forwards=statistics.mean(forwards),
+                               hist=hist)
+        rows.append(row)
+        print(f"done {label}", flush=True)
+    return rows
+
+
+def print_ablation(rows, label, size, seeds):
+    print(f"\nSJD variants, {label}, {size}x{size}, {len(PROMPTS)} prompts x {len(seeds)} seeds: image codes per "
+          "forward (forwards per image), both regimes side by side")
+    names = list(REGIMES)
+    print(f"| variant | tokens / forward | {names[0]} | share of the gain | {names[1]} | share of the gain |")
+    print("|---|--:|--:|--:|--:|--:|")
+    steps = [r for r in rows if r["label"].startswith(("SJD", "+"))]  # the cumulative rows; others are alternatives
+    base = {n: steps[0][n]["per_forward"] for n in names}
+    total = {n: steps[-1][n]["per_forward"] - base[n] for n in names}
+    prev = dict(base)
+    for r in rows:
+        cells = []
+        for n in names:
+            gain = r[n]["per_forward"] - prev[n]
+            share = f"{gain / total[n]:+.0%}" if r in steps[1:] and total[n] else ""
+            cells += [f"{r[n]['per_forward']:.2f} ({r[n]['forwards']:.1f})", share]
+            if r in steps:
+                prev[n] = r[n]["per_forward"]
+        print(f"| {r['label']} | {r['tokens']} | " + " | ".join(cells) + " |")
+    print("\nForwards by codes gained (share of forwards keeping 1, 2, ... codes)")
+    print("| variant | regime | " + " | ".join(str(i) for i in range(1, 11)) + " | more |")
+    print("|---|---|" + "--:|" * 11)
+    for r in rows:
+        for n in names:
+            h = r[n]["hist"]
+            total_fw = sum(h)
+            shares = [h[i] / total_fw if i < len(h) else 0.0 for i in range(1, 11)]
+            more = sum(h[11:]) / total_fw
+            print(f"| {r['label']} | {n} | " + " | ".join(f"{x:.2f}" for x in shares) + f" | {more:.2f} |")
+
+
 # ----------------------------------------------------------------------------- shapes-eval rows
 def register_methods(window: int, movqgan=None, verifier: str | None = None):
     """Add SJD and best-of-N (likelihood scorer; with `verifier`, a CLIP folder, also the CLIP scorer) as
@@ -129,10 +196,14 @@ def main(argv=None):
                    help="shapes-eval methods (default: plain, sjd<window>, best_of_4, best_of_8; "
                         "best_of_4_clip / best_of_8_clip score with the demo's CLIP verifier)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (more only add contention for tiny models)")
+    p.add_argument("--sjd-ablation", action="store_true", help="only the SJD variants table (two regimes)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     model, movqgan, defaults, label = load_model(a.size)
     seeds = list(range(a.seeds))
+    if a.sjd_ablation:
+        print_ablation(sjd_ablation(model, defaults, a.size, seeds), label, a.size, seeds)
+        return
     rows = forwards_table(model, defaults, a.size, seeds, a.window)
     print_forwards(rows, label, a.size, seeds)
     if a.shapes_eval:

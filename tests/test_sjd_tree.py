@@ -200,4 +200,4 @@ def test_auto_picks_the_largest_measured_shape_within_the_budget():
     assert auto_tree(1000) == dict(window=32, candidates=8, branch=8)
     on_cpu = SJDecoder().resolved(type("M", (), {"device": torch.device("cpu"), "modules": lambda self: []})(),
                                   type("O", (), {"uses_cfg": True})())
-    assert (on_cpu.window, on_cpu.candidates, on_cpu.branch) == (32, 4, 8)
+    assert (on_cpu.window, on_cpu.candidates) == (16, 1)  # on a CPU the chain: trees cost more than they save
