@@ -41,6 +41,7 @@ class CorrectnessChecks:
             ctx.guard(PART, f"{fmt}-{kernel}", kernel_check_name(fmt, kernel), self.check_kernel, fmt, kernel)
         ctx.guard(PART, "kv-int8", f"int8 KV cache vs {ctx.float_name} cache", self.check_int8_cache)
         ctx.guard(PART, "sjd-greedy", "SJD greedy == plain greedy (eager)", self.check_sjd)
+        ctx.guard(PART, "sjd-tree-greedy", "SJD draft tree greedy == plain greedy (eager)", self.check_sjd_tree)
         ctx.guard(PART, "graphs", "CUDA graphs vs eager", self.check_graphs)
 
     # ------------------------------------------------------------------------- weight-only kernels
@@ -183,6 +184,18 @@ class CorrectnessChecks:
         codes = SJDecoder(window=WINDOW, forward=ctx.eager_runner(model)).sample(
             model, small, ctx.special, [0], GREEDY)[0][0]
         self.codes_check("sjd-greedy", f"SJD greedy (window {WINDOW}, eager) == plain greedy", codes)
+
+    def check_sjd_tree(self):
+        """The draft tree (jacobi_tree.py: tree attention mask, recursive rejection, moved side paths) at the 7B
+        shapes; and the shape window='auto' picks for this device."""
+        ctx = self.ctx
+        model, small = ctx.check_model(), make_plan(ctx.special, SMALL)
+        tree = SJDecoder(window=32, candidates=4, branch=8, forward=ctx.eager_runner(model))
+        codes = tree.sample(model, small, ctx.special, [0], GREEDY)[0][0]
+        self.codes_check("sjd-tree-greedy", "SJD draft tree (32 + 4 candidates x 8, eager) == plain greedy", codes)
+        auto = SJDecoder().resolved(model, GREEDY)
+        ctx.add(PART, "sjd-auto", "window='auto' on this device", f"window {auto.window}, {auto.candidates} "
+                f"candidates x {auto.branch}: {auto.tokens_per_forward} tokens / forward", "window_rule.py", "chosen")
 
     def check_graphs(self):
         """Graph replay vs the eager runner with the same bucket (same kernels and shapes), then greedy codes."""
