@@ -11,6 +11,7 @@ from bench.gpu_checks.context import CheckContext
 from bench.gpu_setup import make_plan
 from lumina_core.decoding.sampler import sample_plain
 from lumina_core.decoding.jacobi import JacobiRun
+from lumina_core.decoding.jacobi_tree import TreeJacobiRun
 from lumina_core.decoding.sjd import SJDecoder
 from lumina_core.memory.kv_cache import kv_cache_format
 from lumina_core.memory.quant import Int4Linear, Int8Linear, dequantize_int4, int4_group_size, int8pack_works
@@ -219,3 +220,11 @@ class CorrectnessChecks:
                       "captured", run._graph is not None, needs_cuda=True)
         self.codes_check("sjd-graphs-greedy", "SJD with CUDA graphs (steps + verification) == plain greedy", codes,
                          needs_cuda=True)
+        tree = TreeJacobiRun(SJDecoder(window=32, candidates=4, branch=8, forward=runner, graphs=True), model, small,
+                             ctx.special, [0], GREEDY)
+        codes = tree.run(None, None)[0][0]
+        ctx.add_check(PART, "sjd-tree-verify-graph", "SJD draft tree: verification math replayed as a CUDA graph",
+                      "captured and replayed" if tree._graph is not None else "not captured (eager verification)",
+                      "captured", tree._graph is not None, needs_cuda=True)
+        self.codes_check("sjd-tree-graphs-greedy", "SJD draft tree with CUDA graphs (tree steps + verification) == "
+                         "plain greedy", codes, needs_cuda=True)
