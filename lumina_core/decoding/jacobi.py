@@ -97,6 +97,7 @@ class JacobiRun:
                          if prefix else None)
         self.tokens = torch.full((self.B, self.N + self.T), special.row_end, dtype=torch.long, device=dev)
         self.groups = code_groups(model, cfg.relaxed) if getattr(cfg, "relaxed", 0) > 1 else None
+        self.dtree = None
 
     def tokens_per_forward(self) -> int:
         """Tokens each window feeds: the last final token and window-1 drafts (a tree run feeds more)."""
@@ -206,7 +207,8 @@ class JacobiRun:
         kv_len = self.base + int(self.fed_max) + self.T
         s.cache.length = kv_len
         s.stats.forwards += 1
-        return s.forward(tokens, s.cache, slots, kv_len=kv_len, rows=self.code_rows)
+        extra = {} if self.dtree is None else {"tree": self.dtree}  # a draft tree's window (jacobi_tree.py)
+        return s.forward(tokens, s.cache, slots, kv_len=kv_len, rows=self.code_rows, **extra)
 
     # ----------------------------------------------------------------- loop
     def start(self) -> None:

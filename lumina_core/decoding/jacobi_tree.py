@@ -189,7 +189,7 @@ class TreeJacobiRun(JacobiRun):
         for parent in sorted({p for p, _, j in nodes if j >= 0}):
             alts = [n for n, (p, _, j) in enumerate(nodes) if p == parent and j >= 0]
             carried = next(n for n, (p, _, j) in enumerate(nodes) if p == parent and j < 0)
-            self.sibling_groups.append((parent, carried, nodes[carried][1], torch.tensor(alts, device=self.dev)))
+            self.sibling_groups.append((parent, nodes[carried][1], torch.tensor(alts, device=self.dev)))
         self.carried_nodes = torch.tensor([n for n, (_, _, j) in enumerate(nodes) if j < 0 and n > 0],
                                           device=self.dev)
 
@@ -219,7 +219,7 @@ class TreeJacobiRun(JacobiRun):
         depth = self.dtree.depth
         carried = self.carried_nodes
         self.node_tokens[:, carried] = self.drafts[:, depth[carried] - 1]
-        for parent, carried_child, d, alts in self.sibling_groups:
+        for parent, d, alts in self.sibling_groups:
             pos = done + d - 1
             parent_code = self._code(done - 1) if parent == 0 else self.node_tokens[:, parent]
             at_row_end = self.structural[pos]
@@ -239,13 +239,6 @@ class TreeJacobiRun(JacobiRun):
             extra = torch.cat([extra, extra])
         slots = slots[:, :1] + torch.arange(self.tree.size, device=self.dev)
         return torch.cat([tokens, extra], 1), slots
-
-    def _forward(self, tokens, slots):
-        s = self.session
-        kv_len = self.base + int(self.fed_max) + self.T
-        s.cache.length = kv_len
-        s.stats.forwards += 1
-        return s.forward(tokens, s.cache, slots, kv_len=kv_len, rows=self.code_rows, tree=self.dtree)
 
     # ----------------------------------------------------------------- verification
     def _output(self, logits, node):
