@@ -22,6 +22,20 @@ host_nodeps_packages() {
   esac
 }
 
+# Frontends tested besides the one each host pins: the newest comfyui-frontend-package on PyPI, installed
+# the way ComfyUI documents for another frontend (the package's static folder, passed to the server as
+# --front-end-root). setup.sh installs each into .comfy/frontends/<version>/ (pip --target, idempotent).
+# LUMINA_EXTRA_FRONTENDS="1.57.5 1.58.1" tests others (README: Running the tests on another frontend).
+read -ra EXTRA_FRONTENDS <<< "${LUMINA_EXTRA_FRONTENDS:-1.58.1}"
+host_frontends() {  # the frontends tests/test_browser_frontends.py runs a host on: its pinned one, then the extra
+  case "$1" in
+    0.33.0) echo "pinned ${EXTRA_FRONTENDS[*]}" ;;
+    *) echo "pinned" ;;
+  esac
+}
+frontend_home() { echo "${LUMINA_COMFY_HOME:-$ROOT/.comfy}/frontends/$1"; }
+frontend_root() { echo "$(frontend_home "$1")/comfyui_frontend_package/static"; }
+
 host_home() { echo "${LUMINA_COMFY_HOME:-$ROOT/.comfy}/$1"; }
 host_dir() { echo "$(host_home "$1")/comfyui"; }
 host_python() { echo "$(host_home "$1")/venv/bin/python"; }

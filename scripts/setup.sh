@@ -4,6 +4,8 @@
 #                               common import-time deps, this pack's requirements, test tools
 #   .comfy/<version>/comfyui/   a ComfyUI release's source
 #   .comfy/<version>/venv/      that release's own venv, layered over the shared one, with its pinned packages
+#   .comfy/frontends/<version>/ a newer frontend than the host pins (scripts/hosts.sh: EXTRA_FRONTENDS), for
+#                               the browser test; the server takes it with --front-end-root <it>/.../static
 # Which ComfyUI: LUMINA_COMFYUI=0.33.0|0.3.75 (default: the newest one available, see scripts/hosts.sh);
 # `bash scripts/setup.sh all` sets up every host. Idempotent: stamp files record what was installed.
 set -euo pipefail
@@ -103,6 +105,18 @@ setup_host_venv() {  # the host's own venv: its pinned packages, then the shared
   fi
 }
 
+setup_frontend() {  # setup_frontend VERSION: comfyui-frontend-package VERSION into .comfy/frontends/VERSION/
+  local version="$1" home
+  home="$(frontend_home "$version")"
+  [ -f "$home/.lumina-stamp" ] && [ -f "$(frontend_root "$version")/index.html" ] && return 0
+  echo "[setup] installing frontend $version (comfyui-frontend-package, PyPI) into $home"
+  rm -rf "$home"
+  quiet_pip "$VENV/bin/python" install -q --no-deps --target "$home" "comfyui-frontend-package==$version"
+  [ -f "$(frontend_root "$version")/index.html" ] \
+    || { echo "[setup] no index.html in $(frontend_root "$version")" >&2; return 1; }
+  echo "$version" > "$home/.lumina-stamp"
+}
+
 setup_host() {
   local version="$1"
   if ! fetch_source "$version"; then
@@ -114,6 +128,8 @@ setup_host() {
     fi
   fi
   setup_host_venv "$version"
+  local fe
+  for fe in $(host_frontends "$version"); do [ "$fe" = pinned ] || setup_frontend "$fe"; done
   echo "[setup] ready: ComfyUI $version at $(host_dir "$version") (python $(host_python "$version"))"
   LAST_HOST="$version"
 }

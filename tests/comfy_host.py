@@ -130,11 +130,20 @@ class ComfyClient:
             return f.read()
 
 
+def frontend_root(version: str) -> str:
+    """The static folder of a frontend that scripts/setup.sh installed besides the host's pinned one
+    (scripts/hosts.sh: EXTRA_FRONTENDS), what ComfyUI's --front-end-root takes."""
+    return os.path.join(COMFY_HOME, "frontends", version, "comfyui_frontend_package", "static")
+
+
 def start_comfy(state: str, env_extra: dict | None = None, timeout: float = 120,
-                one_thread: bool = True) -> ComfyClient:
+                one_thread: bool = True, front_end_root: str | None = None) -> ComfyClient:
     """Start ComfyUI headless on a free loopback port with `state` as its base directory. one_thread: the
     whole server on one torch thread (the suite's tiny models and MoVQGANs; a benchmark of the engine's own
-    thread choice starts it with torch's default instead)."""
+    thread choice starts it with torch's default instead). front_end_root: serve that frontend (a folder with
+    index.html, e.g. frontend_root("1.58.1")) instead of the host's pinned package."""
+    if front_end_root is not None and not os.path.isfile(os.path.join(front_end_root, "index.html")):
+        raise RuntimeError(f"no frontend at {front_end_root}: run `bash scripts/setup.sh` first")
     if not os.path.isfile(os.path.join(COMFY_DIR, "main.py")) or not os.path.isfile(COMFY_PYTHON):
         raise RuntimeError(f"no ComfyUI at {COMFY_DIR} or no {COMFY_PYTHON}: run `bash scripts/setup.sh` first")
     os.makedirs(os.path.join(state, "custom_nodes"), exist_ok=True)
@@ -152,7 +161,8 @@ def start_comfy(state: str, env_extra: dict | None = None, timeout: float = 120,
         proc = subprocess.Popen(
             [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
              "--disable-auto-launch", "--disable-api-nodes", "--base-directory", state,
-             "--database-url", "sqlite:///:memory:"],
+             "--database-url", "sqlite:///:memory:",
+             *(["--front-end-root", front_end_root] if front_end_root else [])],
             cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
     client = ComfyClient(f"http://127.0.0.1:{port}", state, proc, log_path)
     deadline = time.time() + timeout

@@ -4,7 +4,8 @@ extension's statistics and gives the same image as the API twin.
 
 LUMINA_UPDATE_EXAMPLES=1 rewrites the UI workflows from their API twins (laid out by the frontend, seeds fixed);
 LUMINA_UPDATE_DOCS=1 also saves the canvas screenshot to docs/canvas.png. A screenshot of every run goes to
-test-artifacts/.
+test-artifacts/. The frontend the host pins, classic canvas; tests/test_browser_frontends.py covers Nodes 2.0 and
+the newest frontend.
 """
 import glob
 import json
@@ -35,8 +36,10 @@ NAMES = [os.path.basename(p)[: -len("_api.json")] for p in API_TWINS]
 def page(comfy):
     from playwright.sync_api import sync_playwright
     # no template browser on first visit; no minimap or tab bar over the canvas in screenshots
+    # the classic canvas (test_browser_frontends.py runs Nodes 2.0 and the newest frontend)
     status, _ = comfy.request("POST", "/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
-                                                    "Comfy.Workflow.WorkflowTabsPosition": "Sidebar"})
+                                                    "Comfy.Workflow.WorkflowTabsPosition": "Sidebar",
+                                                    "Comfy.VueNodes.Enabled": False})
     assert status == 200
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     with sync_playwright() as p:
@@ -63,8 +66,12 @@ def load_ui(page, workflow: dict) -> None:
 
 
 def graph_nodes(page) -> dict:
-    return page.evaluate("""() => Object.fromEntries(window.app.graph._nodes.map(n => [String(n.id), {
-        type: n.type, widgets: (n.widgets || []).map(w => w.name), values: (n.widgets || []).map(w => w.value)}]))""")
+    """Every node's type and its widgets that are workflow values (not the information panel the extension adds,
+    nor the frontend's own previews: serialize false), with their values; `display` lists the others."""
+    return page.evaluate("""() => Object.fromEntries(window.app.graph._nodes.map(n => {
+        const values = (n.widgets || []).filter(w => w.serialize !== false);
+        return [String(n.id), {type: n.type, widgets: values.map(w => w.name), values: values.map(w => w.value),
+                               display: (n.widgets || []).filter(w => w.serialize === false).map(w => w.name)}]; }))""")
 
 
 def graph_to_api(page, info: dict) -> dict:
@@ -141,7 +148,14 @@ def test_example_workflow_renders_and_converts_to_its_api_twin(page, comfy, name
         assert node["widgets"] == expected_widgets(info[node["type"]]), (name, nid)
         if "control_after_generate" in node["widgets"]:
             assert node["values"][node["widgets"].index("control_after_generate")] == "fixed"
+        if node["type"] in ("LuminaMGPT2Sampler", "LuminaMGPT2ConditionEncoder"):
+            assert node["display"] == ["lumina_mgpt2_info"], (name, nid, node["display"])  # the panel
     assert graph_to_api(page, info) == load_example(os.path.join("api", f"{name}_api.json"))
+    # the panel is no workflow value: a saved workflow holds the input widgets' values only, position for position
+    saved = page.evaluate("JSON.parse(JSON.stringify(window.app.graph.serialize()))")
+    for node in saved["nodes"]:
+        if str(node["id"]) in ours:
+            assert node["widgets_values"] == ours[str(node["id"])]["values"], (name, node["id"])
     os.makedirs(ARTIFACTS, exist_ok=True)
     page.screenshot(path=os.path.join(ARTIFACTS, f"browser_{name}.png"))
 
@@ -158,8 +172,10 @@ def test_size_helper_snaps_to_the_grid_and_counts_tokens(page):
     page.evaluate("window.app.graph.setDirtyCanvas(true, true)")
     page.wait_for_function("""window.app.graph._nodes.find(n => n.type === 'LuminaMGPT2Sampler')
         .luminaInfo?.[0]?.startsWith('canvas 96x64')""", timeout=10000)
+    # the id the server runs a node under: "3" on the root graph, "12:3" for node 3 inside subgraph node 12
+    assert page.evaluate("window.LuminaMGPT2.nodeOfExecutionId('3')?.type") == "LuminaMGPT2Sampler"
+    assert page.evaluate("window.LuminaMGPT2.nodeOfExecutionId('12:3')") is None  # no node 12 here
     # 64x96 panel, control task: a 96x128 canvas of 16 rows x 12 codes, a row end per row, 4 more tokens
-    assert page.evaluate("window.LuminaMGPT2.localId('12:3')") == "3"  # a sampler inside a subgraph
     assert page.evaluate("window.LuminaMGPT2.sizeText(96, 64, 'control_canny')") == \
         "canvas 96x128: 16x12 codes, 212 tokens"
 
@@ -198,7 +214,7 @@ def test_ui_run_shows_statistics_and_equals_the_api_twin(page, comfy):
     page.wait_for_function(f"window.LuminaMGPT2.stats['{sampler_id}']?.done === true", timeout=180000)
     stats = page.evaluate(f"window.LuminaMGPT2.stats['{sampler_id}']")
     assert stats["rows"] == stats["total"] > 0 and stats["tokens_per_s"] > 0
-    text = page.evaluate(f"window.app.graph.getNodeById({sampler_id}).luminaStatsText")
+    text = page.evaluate(f"window.app.graph.getNodeById({sampler_id}).luminaInfo.at(-1)")  # the panel's last line
     assert text.startswith(f"rows {stats['total']}/{stats['total']}") and "tok/s" in text
     ui_entry = wait_for_new_history(comfy, before)
     assert ui_entry["status"]["status_str"] == "success"
@@ -244,3 +260,7 @@ def test_stats_line_shows_tokens_per_forward_only_with_sjd_and_the_warning(page)
     assert page.evaluate("(s) => window.LuminaMGPT2.statsLines(s)", sjd) == [
         "warning: task 'pair_depth' is not one this checkpoint was trained for",
         "rows 8/8 | 100.0 tok/s | 2.50 tok/forward | done in 0.5 s"]
+    # a run that ended early (an error, Cancel): the panel keeps how far it got, without an ETA
+    stopped = {**plain, "rows": 3, "done": False, "eta_s": None, "elapsed_s": 95.0, "stopped": True}
+    assert page.evaluate("(s) => window.LuminaMGPT2.statsText(s)", stopped) == \
+        "rows 3/8 | 100.0 tok/s | stopped after 1 min 35 s"
