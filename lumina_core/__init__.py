@@ -7,7 +7,10 @@ Everything a script needs is importable from here, whatever room it lives in (lu
     generate(model, prompt, width, height, ...)                prompt (+ condition) -> code grids
     decode_images(movqgan, codes)                              code grids -> IMAGE [B, H, W, 3] in 0..1
     generate(..., decoder=SJDecoder(window=16))                speculative Jacobi decoding (lossless)
+    generate(..., prefix_codes=codes, keep_rows=k)             keep the top k rows, paint the rest (re-roll, extend)
+    encode_image(movqgan, picture, width, height)              any picture -> codes to keep rows of
     best_of_n(model, prompt, ..., n=8, scorer=...)             N candidates, scored (likelihood or CLIP)
+    best_of_n(..., prune_after_rows=r, keep=2)                 score at row r, finish only the 2 best
     StepRunner(model) / FastPlain(runner)                      CUDA-graph step with bucketed attention
     quantize_int8_(model) / quantize_int4_(model)              int8 / group-wise int4 weight-only linear layers
     save_quantized(model, folder)                              a quantized folder from_pretrained loads as saved
@@ -30,7 +33,8 @@ from .model.tokenizer import SpecialTokens, TextTokenizer
 from .model.transformer import LuminaMGPT
 from .decoding.best_of_n import BestOfNResult, best_of_n
 from .decoding.fast import FastPlain, StepRunner
-from .decoding.generate import GenerationResult, canvas_size, crop_codes, decode_images, encode_condition, generate
+from .decoding.generate import (GenerationResult, canvas_size, crop_codes, decode_images, encode_condition,
+                                encode_image, generate)
 from .decoding.logits import SamplingOptions
 from .decoding.scorers import CLIPScorer, LikelihoodScorer
 from .decoding.sjd import SJDecoder
@@ -42,7 +46,7 @@ from .request import Request, prepare_request, run_request
 
 __all__ = [
     "LuminaMGPT", "LuminaConfig", "MoVQGAN", "TextTokenizer", "SpecialTokens", "generate", "GenerationResult",
-    "decode_images", "encode_condition", "canvas_size", "crop_codes", "SamplingOptions", "KVCache", "TASKS",
+    "decode_images", "encode_condition", "encode_image", "canvas_size", "crop_codes", "SamplingOptions", "KVCache", "TASKS",
     "ImageLayout", "build_prompt", "get_task", "LuminaError", "CheckpointError", "TokenizerError", "InputError",
     "GenerationCancelled", "SJDecoder", "best_of_n", "BestOfNResult", "LikelihoodScorer", "CLIPScorer", "StepRunner",
     "FastPlain", "quantize_int8_", "Int8Linear", "quantize_int4_", "Int4Linear", "save_quantized", "plan_memory",

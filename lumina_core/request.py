@@ -14,7 +14,9 @@ import torch
 from .decoding.best_of_n import best_of_n
 from .errors import InputError
 from .decoding.fast import FastPlain, StepRunner
-from .decoding.generate import canvas_size, generate, plan_request
+from .decoding.generate import canvas_size, generate, plan_each_prefix
+from .decoding.kept_rows import as_images
+from .decoding.pruning import check_pruning
 from .decoding.sampler import DecodeStats
 from .decoding.sjd import SJDecoder
 from .layout import ImageLayout
@@ -26,8 +28,11 @@ from .decoding.trained_tasks import task_warning
 @dataclass(frozen=True)
 class Request:
     """What to generate. `width` x `height` is the output panel (dual-panel tasks paint a canvas twice as tall).
-    sjd: SJDecoder keywords (window, init, mode) or None for plain decoding; best_of_n: {n, scorer, chunk_size}
-    or None; sampling: more SamplingOptions keywords (top_p, top_n_sigma, guidance_top_k, cfg_mode)."""
+    sjd: SJDecoder keywords (window, init, mode) or None for plain decoding; best_of_n: {n, scorer, chunk_size,
+    and optionally prune_after_rows, keep} or None; sampling: more SamplingOptions keywords (top_p, top_n_sigma,
+    guidance_top_k, cfg_mode). prefix_codes [1 or batch, rows, w] / keep_rows: the top rows to keep of the part
+    the task paints (generate() says how); subject_description: the subject task's description of its reference
+    (None: upstream's sentence)."""
     prompt: str
     task: str = "t2i"
     width: int = 768
@@ -41,6 +46,9 @@ class Request:
     sjd: dict | None = None
     best_of_n: dict | None = None
     sampling: dict = field(default_factory=dict)
+    prefix_codes: torch.Tensor | None = None
+    keep_rows: int | None = None
+    subject_description: str | None = None
 
 
 @dataclass
@@ -49,13 +57,14 @@ class PreparedRequest:
     request: Request
     spec: TaskSpec
     canvas: tuple[int, int]
-    plan: PromptPlan
+    plan: PromptPlan     # the first image's (images that keep other rows have their own, checked as well)
     warning: str | None  # the task is not one the checkpoint was trained for
 
     @property
     def window(self) -> int:
-        """Codes checked per forward (SJD's window; 1 for plain decoding)."""
-        return self.request.sjd["window"] if self.request.sjd is not None else 1
+        """Tokens each forward feeds after the prompt (SJD's window or draft tree, at most what "auto" may pick;
+        1 for plain decoding): what the KV cache holds past the image, and what memory plans count."""
+        return SJDecoder(**self.request.sjd).tokens_per_forward if self.request.sjd is not None else 1
 
     @property
     def images_at_once(self) -> int:
@@ -135,7 +144,17 @@ def prepare_request(model, request: Request, image_tokenizer=None) -> PreparedRe
     check_request(request, spec, image_tokenizer)
     check_image_tokenizer(model, image_tokenizer)
     canvas = canvas_size(spec, request.width, request.height)
-    plan = plan_request(model, request.prompt, *canvas, spec, condition_codes=request.condition_codes)
+    images = request.best_of_n["n"] if request.best_of_n is not None else request.batch_size
+    if request.best_of_n is not None and request.prefix_codes is not None and as_images(request.prefix_codes).shape[0] != 1:
+        raise InputError(f"best-of-N paints every candidate from the same rows, but start_from holds "
+                         f"{as_images(request.prefix_codes).shape[0]} images: start from one image.")
+    plans = plan_each_prefix(model, request.prompt, *canvas, spec, condition_codes=request.condition_codes,
+                             subject_description=request.subject_description, prefix_codes=request.prefix_codes,
+                             keep_rows=request.keep_rows, n_images=1 if request.best_of_n is not None else images)
+    plan = plans[0][0]
+    bon = request.best_of_n
+    if bon is not None and bon.get("prune_after_rows"):
+        check_pruning(plan, bon["n"], bon.get("keep"), bon["prune_after_rows"])
     return PreparedRequest(request, spec, canvas, plan, task_warning(model, spec.name))
 
 
@@ -154,7 +173,9 @@ def run_request(prepared: PreparedRequest, model, *, decoder=None, image_tokeniz
     r = prepared.request
     workers = model if isinstance(model, TPWorkers) else None
     common = dict(task=prepared.spec.name, cfg=r.cfg, top_k=r.top_k, temperature=r.temperature,
-                  condition_codes=r.condition_codes, decoder=decoder, progress=progress, cancel=cancel, **r.sampling)
+                  condition_codes=r.condition_codes, prefix_codes=r.prefix_codes, keep_rows=r.keep_rows,
+                  subject_description=r.subject_description, decoder=decoder, progress=progress, cancel=cancel,
+                  **r.sampling)
     canvas_w, canvas_h = prepared.canvas
     if r.best_of_n is None:
         run = partial(workers.generate, speed=speed) if workers is not None else partial(generate, model)
@@ -162,8 +183,9 @@ def run_request(prepared: PreparedRequest, model, *, decoder=None, image_tokeniz
         stats, scores = result.stats, None
     else:
         run = partial(workers.best_of_n, speed=speed) if workers is not None else partial(best_of_n, model)
+        pruning = {k: r.best_of_n[k] for k in ("prune_after_rows", "keep") if r.best_of_n.get(k)}
         result = run(r.prompt, canvas_w, canvas_h, n=r.best_of_n["n"], seed=r.seed, scorer=r.best_of_n["scorer"],
-                     chunk_size=r.best_of_n["chunk_size"], image_tokenizer=image_tokenizer, **common)
+                     chunk_size=r.best_of_n["chunk_size"], image_tokenizer=image_tokenizer, **pruning, **common)
         stats, scores = merged_stats(result.stats), result.scores
     return Outcome(codes=result.codes, layout=result.layout, task=result.task, seeds=tuple(result.seeds),
                    stats=stats, scores=scores, tokens_per_forward=stats.tokens_per_forward if r.sjd else None)

@@ -59,3 +59,43 @@ def test_best_of_n_request_equals_best_of_n(model):
 def test_requests_the_model_cannot_take_fail_before_loading(model, request_, message):
     with pytest.raises(InputError, match=message):
         prepare_request(model, request_)
+
+
+def test_kept_rows_and_the_subject_description_reach_generate(model):
+    source = generate(model, "a red circle", 64, 64, seed=1, cfg=3.0, top_k=8).codes
+    request = Request("a blue square", width=64, height=64, seed=4, cfg=3.0, top_k=8, batch_size=2,
+                      prefix_codes=source, keep_rows=3)
+    prepared = prepare_request(model, request)
+    assert prepared.plan.kept_rows == 3 and prepared.plan.layout.gen_rows == 5
+    outcome = run_request(prepared, model)
+    want = generate(model, "a blue square", 64, 64, seed=4, cfg=3.0, top_k=8, batch_size=2, prefix_codes=source,
+                    keep_rows=3)
+    assert torch.equal(outcome.codes, want.codes) and torch.equal(outcome.codes[:, :3], source[:, :3].expand(2, -1, -1))
+    cond = torch.zeros(1, 4, 8, dtype=torch.long)
+    subject = Request("on a beach", task="subject", width=64, height=32, condition_codes=cond,
+                      subject_description="a small red robot")
+    assert "<a small red robot>" in prepare_request(model, subject).plan.text
+    assert "<Bubbly and effervescent" in prepare_request(model, Request("on a beach", task="subject", width=64,
+                                                                        height=32, condition_codes=cond)).plan.text
+
+
+def test_pruned_best_of_n_request_equals_best_of_n(model):
+    bon = {"n": 4, "scorer": LikelihoodScorer(), "chunk_size": None, "prune_after_rows": 2, "keep": 2}
+    outcome = run_request(prepare_request(model, Request("two squares", width=64, height=64, seed=3, cfg=2.0,
+                                                         best_of_n=bon)), model)
+    want = best_of_n(model, "two squares", 64, 64, n=4, seed=3, cfg=2.0, prune_after_rows=2, keep=2)
+    assert torch.equal(outcome.codes, want.codes) and outcome.seeds == tuple(want.seeds) and len(want.seeds) == 2
+    assert torch.equal(outcome.scores, want.scores)
+
+
+@pytest.mark.parametrize("request_, message", [
+    (Request("x", width=64, height=64, prefix_codes=torch.zeros(1, 8, 4, dtype=torch.long)), "wide"),
+    (Request("x", width=64, height=64, prefix_codes=torch.zeros(1, 8, 8, dtype=torch.long)), "nothing to paint"),
+    (Request("x", width=64, height=64, prefix_codes=torch.zeros(2, 8, 8, dtype=torch.long), keep_rows=2,
+             best_of_n={"n": 2, "scorer": LikelihoodScorer(), "chunk_size": None}), "start from one image"),
+    (Request("x", width=64, height=64, best_of_n={"n": 2, "scorer": LikelihoodScorer(), "chunk_size": None,
+                                                  "prune_after_rows": 2, "keep": 2}), "fewer than the 2 candidates"),
+])
+def test_bad_kept_rows_and_pruning_fail_before_loading(model, request_, message):
+    with pytest.raises(InputError, match=message):
+        prepare_request(model, request_)

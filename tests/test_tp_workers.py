@@ -76,6 +76,29 @@ def test_group_decodes_like_the_single_process_model(group, reference):
     assert group.palette.shape == (64, 3)  # for the sampler's colour previews
 
 
+def test_group_keeps_rows_like_the_single_process_model(group, reference):
+    """Kept rows travel to the workers: shared by a batch, or one set per image, with rank 0's progress showing
+    them above the painted rows; early pruning says it needs one device."""
+    source = generate(reference, "a red circle", 32, 32, seed=1, batch_size=2, **KW).codes
+    rows = []
+    for prefix in (source[:1], source):
+        got = group.generate("a blue square", 32, 32, seed=3, batch_size=2, prefix_codes=prefix, keep_rows=2,
+                             progress=lambda r, t, c: rows.append(c.shape), **KW)
+        want = generate(reference, "a blue square", 32, 32, seed=3, batch_size=2, prefix_codes=prefix, keep_rows=2,
+                        **KW)
+        assert torch.equal(got.codes, want.codes) and torch.equal(got.codes[:, :2], prefix[:, :2].expand(2, -1, -1))
+    assert rows[0] == (2, 3, 4)  # two kept rows above the first painted one
+    with pytest.raises(InputError, match="Multi-GPU"):
+        group.best_of_n("a red circle", 32, 32, n=3, seed=2, prune_after_rows=1, keep=1, **KW)
+
+
+def test_the_draft_tree_runs_on_the_workers_as_in_one_process(group, reference):
+    """SJD with a draft tree (tree attention mask, moved side paths) on both ranks: the single process's codes."""
+    tree = SJDecoder(window=8, candidates=3, branch=2)
+    assert torch.equal(group.generate("a red circle", 32, 32, seed=9, decoder=tree, **KW).codes,
+                       generate(reference, "a red circle", 32, 32, seed=9, decoder=tree, **KW).codes)
+
+
 def test_speed_settings_run_each_workers_bucketed_step(group, reference):
     """The Speed Settings reach the workers: a StepRunner per rank (CUDA graphs only on CUDA; here the same
     bucketed step eagerly), exact for plain and SJD decoding."""

@@ -15,28 +15,40 @@ import torch
 
 from . import rng
 from ..errors import InputError
-from .generate import crop_codes, decode_images, encode_condition, generate, plan_request
+from .fast import FastPlain
+from .generate import (crop_codes, decode_images, encode_condition, generate, plan_request, sampling_and_seeds,
+                       with_kept_rows)
+from .kept_rows import as_images
+from .pruning import canvas_codes, check_pruning, prune_candidates
+from .threads import decode_threads
 from ..memory.kv_cache import KVCache
 from .sampler import CancelFn, DecodeStats, ProgressFn
 from .scorers import LikelihoodScorer
 from ..layout import ImageLayout
 from .tasks import TaskSpec
 
+# generate()'s sampling keywords, for SamplingOptions when best_of_n paints candidates itself (pruning)
+LOOSE_SAMPLING = ("cfg", "top_k", "temperature", "top_p", "top_n_sigma", "cfg_mode", "guidance_top_k")
 RESERVE_BYTES = 512 * 2**20   # kept free for the prefill, the MoVQGAN decode and allocator slack
 WORKSPACE_COPIES = 8          # float32 [rows, T, codes] tensors alive during one step (logits, p, q, noise...)
 
 
 @dataclass
 class BestOfNResult:
-    codes: torch.Tensor            # [n, h_lat, w_lat] every candidate's whole canvas
+    codes: torch.Tensor            # [n, h_lat, w_lat] every candidate's whole canvas (pruning: the kept ones')
     scores: torch.Tensor           # [n] higher is better
-    seeds: list[int]               # candidate i used seeds[i] = seed + i
+    seeds: list[int]               # candidate i used seeds[i] = seed + i (pruning: the kept candidates' seeds)
     best_index: int
     chunk_size: int
     layout: ImageLayout
     task: TaskSpec
     images: torch.Tensor | None = None   # decoded output panels [n, H, W, 3] when the scorer needed them
     stats: list[DecodeStats] = field(default_factory=list)   # one per chunk
+    # early pruning (pruning.py): every candidate's score after the first rows (candidate i: seed + i), the
+    # indices of those kept, and the forwards each candidate took
+    partial_scores: torch.Tensor | None = None
+    kept: list[int] | None = None
+    image_forwards: list[int] | None = None
 
     @property
     def best_codes(self) -> torch.Tensor:
@@ -92,7 +104,8 @@ def chunk_size_for(model, max_len: int, use_cfg: bool, tokens_per_step: int, n: 
 def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int = 4, seed: int = 0,
               scorer=None, chunk_size: int | None = None, memory_budget: int | None = None,
               image_tokenizer=None, decoder=None, task: str = "t2i", condition_image=None,
-              condition_codes=None, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+              condition_codes=None, prefix_codes=None, keep_rows: int | None = None, prune_after_rows: int = 0,
+              keep: int | None = None, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
               generate_fn=None, chunk_size_fn=None, **generate_kwargs) -> BestOfNResult:
     """Generate n candidates (seeds seed..seed+n-1), score them with `scorer` (default: the model's own
     likelihood) and return all of them with their scores and the best index.
@@ -100,6 +113,10 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
     chunk_size: candidates per batch; None picks the largest that fits `memory_budget` bytes (default:
     the free GPU memory, or half the free RAM on CPU). Other keywords go to `generate` (cfg, top_k, ...).
     image_tokenizer: the MoVQGAN; needed for condition images and for scorers that look at images.
+    prefix_codes / keep_rows: every candidate keeps these rows (one image's; see `generate`).
+    prune_after_rows r > 0: early pruning (pruning.py): every candidate is painted to row r, scored there, and
+    only the `keep` best (default 1) are finished and scored again; the result holds those (their seeds, in
+    seed order), with every candidate's partial score. Plain decoding only.
     generate_fn / chunk_size_fn: how candidates are generated (default `generate` on `model`) and how many fit at
     once (default `chunk_size_for(model, max_len, use_cfg, window, n)`): a tensor-parallel worker group passes
     its own, so scoring and selection are the same code everywhere.
@@ -113,17 +130,31 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
         if condition_codes is not None:
             raise InputError("pass either condition_image or condition_codes, not both")
         condition_codes = encode_condition(image_tokenizer, condition_image, width, height // 2)
+    if prefix_codes is not None and as_images(prefix_codes).shape[0] != 1:
+        raise InputError(f"best-of-N paints every candidate from the same kept rows, but rows of "
+                         f"{as_images(prefix_codes).shape[0]} images were given: pick one image to start from.")
     plan = plan_request(model, prompt, width, height, task, tokenizer=generate_kwargs.get("tokenizer"),
                         condition_codes=condition_codes, image_tokenizer=image_tokenizer,
-                        subject_description=generate_kwargs.get("subject_description"))
+                        subject_description=generate_kwargs.get("subject_description"), prefix_codes=prefix_codes,
+                        keep_rows=keep_rows)
     opts_cfg = generate_kwargs["sampling"].cfg if generate_kwargs.get("sampling") else generate_kwargs.get("cfg", 4.0)
-    window = getattr(decoder, "window", 2)
-    if chunk_size is None:
-        fit = chunk_size_fn or partial(chunk_size_for, model, memory_budget=memory_budget)
-        chunk_size = fit(plan.total_tokens + window, opts_cfg != 1.0, window, n)
-    elif chunk_size < 1:
+    window = getattr(decoder, "tokens_per_forward", 2)  # SJD: its window or draft tree ("auto": the most it picks)
+    if chunk_size is not None and chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    fit = chunk_size_fn or partial(chunk_size_for, model, memory_budget=memory_budget)
     seeds = rng.seed_sequence(seed, n)
+    if prune_after_rows:
+        keep = check_pruning(plan, n, keep, prune_after_rows)
+        if generate_fn is not None:
+            raise InputError("early pruning runs on one device for now: set prune_after_rows to 0 with the "
+                             "Multi-GPU Loader, or load the model with the Model Loader.")
+        if decoder is not None and not isinstance(decoder, FastPlain):
+            raise InputError("early pruning paints the candidates with plain decoding for now: disconnect SJD "
+                             "Settings, or set prune_after_rows to 0 to use SJD without pruning.")
+        return _pruned(model, plan, prompt, seeds, scorer, keep, prune_after_rows, chunk_size, fit,
+                       opts_cfg != 1.0, image_tokenizer, decoder, progress, cancel, generate_kwargs)
+    if chunk_size is None:
+        chunk_size = fit(plan.total_tokens + window, opts_cfg != 1.0, window, n)
     run = generate_fn or partial(generate, model)
     chunks = [seeds[a:a + chunk_size] for a in range(0, n, chunk_size)]
     codes, scores, images, stats = [], [], [], []
@@ -132,7 +163,8 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
             if progress is not None:
                 progress(_offset * total + rows, len(chunks) * total, so_far)
         res = run(prompt, width, height, task=task, seeds=chunk, decoder=decoder, condition_codes=condition_codes,
-                  image_tokenizer=image_tokenizer, progress=chunk_progress, cancel=cancel, **generate_kwargs)
+                  prefix_codes=prefix_codes, keep_rows=keep_rows, image_tokenizer=image_tokenizer,
+                  progress=chunk_progress, cancel=cancel, **generate_kwargs)
         panels = decode_images(image_tokenizer, res.panel_codes()) if scorer.needs_images else None
         scores.append(scorer.score(prompt, res, panels).float().cpu())
         codes.append(res.codes)
@@ -143,3 +175,27 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
     return BestOfNResult(codes=torch.cat(codes), scores=all_scores, seeds=seeds,
                          best_index=int(all_scores.argmax()), chunk_size=chunk_size, layout=plan.layout,
                          task=plan.task, images=torch.cat(images) if images else None, stats=stats)
+
+
+def _pruned(model, plan, prompt, seeds, scorer, keep, after_rows, chunk_size, chunk_size_fn, use_cfg,
+            image_tokenizer, decoder, progress, cancel, generate_kwargs) -> BestOfNResult:
+    """best_of_n with early pruning: the candidates' first rows in caches that hold only those rows, the survivors
+    in caches for the whole image (each phase as many at once as fit)."""
+    special = (generate_kwargs.get("tokenizer") or model.tokenizer).special
+    opts, _ = sampling_and_seeds(generate_kwargs.get("sampling"), seeds, 0, len(seeds),
+                                 **{k: v for k, v in generate_kwargs.items() if k in LOOSE_SAMPLING})
+    lay, n = plan.layout, len(seeds)
+    if chunk_size is None:
+        first = chunk_size_fn(len(plan.cond_ids) + after_rows * (lay.w_lat + 1) + 2, use_cfg, 2, n)
+        rest = chunk_size_fn(plan.total_tokens + 2, use_cfg, 2, keep)
+    else:
+        first, rest = min(n, chunk_size), min(keep, chunk_size)
+    with decode_threads(model, first * (2 if use_cfg else 1)):
+        out = prune_candidates(model, plan, special, seeds, opts, scorer=scorer, keep=keep, after_rows=after_rows,
+                               prompt=prompt, chunk_first=first, chunk_rest=rest, image_tokenizer=image_tokenizer,
+                               forward=getattr(decoder, "runner", None),
+                               progress=with_kept_rows(progress, plan, special), cancel=cancel)
+    codes = canvas_codes(plan, special, out.codes)
+    return BestOfNResult(codes=codes, scores=out.scores, seeds=out.seeds, best_index=int(out.scores.argmax()),
+                         chunk_size=first, layout=lay, task=plan.task, images=out.images, stats=out.stats,
+                         partial_scores=out.partial_scores, kept=out.kept, image_forwards=out.image_forwards)

@@ -36,19 +36,29 @@ class DecodeStats:
         return self.image_tokens / max(1, self.forwards)
 
 
+def cache_slots(plan: PromptPlan, capacity: int) -> int:
+    """KV slots for the prompt and `capacity` tokens after it, in 64s: attending over the whole cache (the
+    last graph bucket) keeps bf16 GEMM rows aligned."""
+    return -(-(len(plan.cond_ids) + capacity) // 64) * 64
+
+
 class Session:
-    """A static KV cache holding the prompt of every stream, plus the write pointer."""
+    """A static KV cache holding the prompt of every stream, plus the write pointer.
+
+    capacity: tokens the cache holds after the prompt (default: the whole image, plus `slack`); cache: an
+    already filled cache to go on with (its rows: the images' conditional streams, then their unconditional
+    ones), instead of a new one."""
 
     def __init__(self, model, plan: PromptPlan, n_images: int, use_cfg: bool, slack: int = 0,
-                 prefill_chunk: int = 1024, forward=None):
+                 prefill_chunk: int = 1024, forward=None, capacity: int | None = None, cache: KVCache | None = None):
         self.model, self.plan, self.n_images, self.use_cfg = model, plan, n_images, use_cfg
         # the cached-step function: model.forward_step, or a fast runner's (fast.py) with the same signature
         self.forward = forward or model.forward_step
         self.rows = n_images * (2 if use_cfg else 1)
         prompt_len = len(plan.cond_ids)
-        # a multiple of 64 slots: attending over the whole cache (last graph bucket) keeps bf16 GEMM rows aligned
-        slots = -(-(prompt_len + plan.layout.generated_tokens + slack) // 64) * 64
-        self.cache = KVCache.for_model(model, self.rows, slots)
+        if capacity is None:
+            capacity = plan.layout.generated_tokens + slack
+        self.cache = cache if cache is not None else KVCache.for_model(model, self.rows, cache_slots(plan, capacity))
         self.prefill_chunk = prefill_chunk
         self.stats = DecodeStats(prefill_tokens=prompt_len)
 
@@ -131,37 +141,122 @@ def sample_plain(model, plan: PromptPlan, special, seeds: list[int], opts: Sampl
 
     forward: optional cached-step function (a fast.py runner); default model.forward_step.
     """
-    opts = opts.validated()
-    lay = plan.layout
-    B, w, dev = len(seeds), lay.w_lat, model.device
-    code_rows = special.image_rows
-    t0 = time.perf_counter()
-    session = Session(model, plan, B, opts.uses_cfg, forward=forward)
-    schedule = guidance_schedule(opts, lay)
-    seed_t = rng.seed_tensor(seeds, dev)
-    out = torch.empty(B, lay.gen_rows, w, dtype=torch.long, device=dev)
-    logprob = torch.zeros(B, dtype=torch.float32, device=dev)
-    row_end = torch.full((B, 1), special.row_end, dtype=torch.long, device=dev)
-    with torch.inference_mode():
-        logits = session.prefill(code_rows)
-        for r in range(lay.gen_rows):
-            row = lay.prefix_rows + r
-            for c in range(w):
-                counter = torch.full((B,), code_counter(lay, row, c), dtype=torch.long, device=dev)
-                codes, lp = pick_codes(logits, session, opts, schedule.at(row * (w + 1) + c), seed_t, counter)
-                logprob += lp
-                out[:, r, c] = codes
-                if r == lay.gen_rows - 1 and c == w - 1:
-                    break  # the rest (row end, end of image) is structural
-                tokens = (codes + special.image_code_start).view(B, 1)
-                if c == w - 1:  # the row end is known: feed it in the same forward
-                    tokens = torch.cat([tokens, row_end], dim=1)
-                logits = session.step(tokens, code_rows)[:, -1]
-            if progress is not None:
-                progress(r + 1, lay.gen_rows, out[:, : r + 1])
-            if cancel is not None and cancel():
-                raise GenerationCancelled(f"stopped after {r + 1} of {lay.gen_rows} rows")
-    session.stats.image_tokens = lay.gen_rows * w
-    session.stats.logprob = logprob
-    session.stats.seconds = time.perf_counter() - t0
-    return out, session.stats
+    run = PlainRun(model, plan, special, seeds, opts, forward=forward)
+    run.start()
+    run.advance(plan.layout.gen_rows, progress, cancel)
+    return run.codes, run.finish()
+
+
+class PlainRun:
+    """Plain sampling, one batched forward per code, that can stop after any row, drop images and go on.
+
+    `sample_plain` runs it to the end in one go. Best-of-N's early pruning (pruning.py) runs every candidate to
+    a row, keeps the best (`join` gathers their cache rows into a cache that holds only them) and goes on with
+    those: the same arithmetic per image as running it to the end, so a candidate is still its seed's image.
+
+    State after `rows_done` generated rows, per image: its codes so far, its summed guided log-probability, its
+    forwards, and the logits of its next code (the last row's row end was fed with the row's last code).
+    capacity: tokens the cache holds after the prompt (default: the whole image).
+    """
+
+    def __init__(self, model, plan: PromptPlan, special, seeds: list[int], opts: SamplingOptions, forward=None,
+                 capacity: int | None = None, session: Session | None = None):
+        self.model, self.plan, self.special, self.opts = model, plan, special, opts.validated()
+        self.seeds = list(seeds)
+        lay, dev = plan.layout, model.device
+        B = len(self.seeds)
+        self.session = session or Session(model, plan, B, self.opts.uses_cfg, forward=forward, capacity=capacity)
+        self.schedule = guidance_schedule(self.opts, lay)
+        self.seed_t = rng.seed_tensor(self.seeds, dev)
+        self.codes = torch.empty(B, lay.gen_rows, lay.w_lat, dtype=torch.long, device=dev)
+        self.logprob = torch.zeros(B, dtype=torch.float32, device=dev)
+        self.image_forwards = torch.zeros(B, dtype=torch.long)
+        self.rows_done = 0
+        self.logits = None
+        self.seconds = 0.0
+
+    @property
+    def n_images(self) -> int:
+        return len(self.seeds)
+
+    def start(self) -> None:
+        """Prefill the prompt; the logits of the first code."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            self.logits = self.session.prefill(self.special.image_rows)
+        self.seconds += time.perf_counter() - t0
+
+    def advance(self, rows: int, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> None:
+        """Sample until `rows` generated rows are done. progress(rows done, generated rows, codes so far)
+        after each row; cancel() between rows."""
+        lay, sp, session = self.plan.layout, self.special, self.session
+        B, w, dev = self.n_images, lay.w_lat, self.model.device
+        code_rows = sp.image_rows
+        row_end = torch.full((B, 1), sp.row_end, dtype=torch.long, device=dev)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for r in range(self.rows_done, rows):
+                row = lay.prefix_rows + r
+                for c in range(w):
+                    counter = torch.full((B,), code_counter(lay, row, c), dtype=torch.long, device=dev)
+                    codes, lp = pick_codes(self.logits, session, self.opts, self.schedule.at(row * (w + 1) + c),
+                                           self.seed_t, counter)
+                    self.logprob += lp
+                    self.codes[:, r, c] = codes
+                    if r == lay.gen_rows - 1 and c == w - 1:
+                        break  # the rest (row end, end of image) is structural
+                    tokens = (codes + sp.image_code_start).view(B, 1)
+                    if c == w - 1:  # the row end is known: feed it in the same forward
+                        tokens = torch.cat([tokens, row_end], dim=1)
+                    self.logits = session.step(tokens, code_rows)[:, -1]
+                    self.image_forwards += 1
+                self.rows_done = r + 1
+                if progress is not None:
+                    progress(r + 1, lay.gen_rows, self.codes[:, : r + 1])
+                if cancel is not None and cancel():
+                    raise GenerationCancelled(f"stopped after {r + 1} of {lay.gen_rows} rows")
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> DecodeStats:
+        """The statistics of the images as they stand (all rows done: the codes are the images)."""
+        stats = self.session.stats
+        stats.image_tokens = self.rows_done * self.plan.layout.w_lat
+        stats.logprob = self.logprob
+        stats.seconds = self.seconds
+        return stats
+
+    @classmethod
+    def join(cls, parts: list[tuple["PlainRun", torch.Tensor]], capacity: int | None = None) -> "PlainRun":
+        """One run of the given images of other runs (parts: (run, image indices)), in that order, with a
+        cache of their rows only, sized for `capacity` tokens after the prompt (default: the whole image).
+        Every part must be at the same row. What each image computes next is what it would have computed in
+        its own run."""
+        first = parts[0][0]
+        if any(run.rows_done != first.rows_done for run, _ in parts):
+            raise ValueError("runs to join must stand at the same row")
+        parts = [(run, torch.as_tensor(index, dtype=torch.long)) for run, index in parts]
+        plan, use_cfg = first.plan, first.session.use_cfg
+        streams = [(run.session.cache, index) for run, index in parts]
+        if use_cfg:  # conditional streams of every image first, then the unconditional ones
+            streams += [(run.session.cache, index + run.n_images) for run, index in parts]
+        if capacity is None:
+            capacity = plan.layout.generated_tokens
+        with torch.inference_mode():
+            return cls._joined(parts, first, streams, capacity)
+
+    @classmethod
+    def _joined(cls, parts, first, streams, capacity) -> "PlainRun":
+        plan, use_cfg = first.plan, first.session.use_cfg
+        cache = KVCache.gather(streams, cache_slots(plan, capacity))
+        seeds = [run.seeds[i] for run, index in parts for i in index.tolist()]
+        session = Session(first.model, plan, len(seeds), use_cfg, forward=first.session.forward, cache=cache)
+        joined = cls(first.model, plan, first.special, seeds, first.opts, session=session)
+        dev = first.model.device
+        joined.codes = torch.cat([run.codes[index.to(dev)] for run, index in parts])
+        joined.logprob = torch.cat([run.logprob[index.to(dev)] for run, index in parts])
+        joined.image_forwards = torch.cat([run.image_forwards[index] for run, index in parts])
+        logits = [run.session.split(run.logits) for run, _ in parts]
+        joined.logits = torch.cat([c[index.to(dev)] for (c, _), (_, index) in zip(logits, parts)]
+                                  + ([u[index.to(dev)] for (_, u), (_, index) in zip(logits, parts)] if use_cfg else []))
+        joined.rows_done = first.rows_done
+        return joined

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import InputError
 from ..layout import SIZE_MULTIPLE, ImageLayout, check_size, largest_square_that_fits
+from .kept_rows import check_kept_rows
 
 T2I_TEMPLATE = "Generate an image of {w}x{h} according to the following prompt:\n{prompt}"
 LOWER_IS_X = ("Generate a dual-panel image of {w}x{h} where the <lower half> displays a <{x}>, while the "
@@ -45,6 +46,12 @@ class TaskSpec:
         if not self.dual_panel:
             return "full"
         return "lower" if self.needs_condition else "upper"
+
+    @property
+    def generated_panel(self) -> str:
+        """The part of the canvas the model paints, where kept rows start: 'lower' (below a given condition
+        panel) or 'full' (t2i, and pair_* tasks, which paint the image and then its map)."""
+        return "lower" if self.dual_panel and self.needs_condition else "full"
 
 
 def _tasks() -> dict[str, TaskSpec]:
@@ -151,9 +158,10 @@ class PromptPlan:
     """Everything a sampler needs: the two token streams and the geometry."""
     task: TaskSpec
     layout: ImageLayout
-    cond_ids: list[int]     # BOS, prompt, separator, image start, grid tokens, condition rows
-    uncond_ids: list[int]   # image start, grid tokens, condition rows (text dropped, condition kept)
+    cond_ids: list[int]     # BOS, prompt, separator, image start, grid tokens, condition rows, kept rows
+    uncond_ids: list[int]   # image start, grid tokens, condition rows, kept rows (text dropped, images kept)
     text: str
+    kept_rows: int = 0      # rows of the painted part given in the prompt (kept_rows.py); in layout.prefix_rows
 
     @property
     def total_tokens(self) -> int:
@@ -171,9 +179,11 @@ def image_rows_to_ids(codes: torch.Tensor, special) -> list[int]:
 
 def build_prompt(tokenizer, task: str | TaskSpec, prompt: str, width: int, height: int, *,
                  condition_codes: torch.Tensor | None = None, max_positions: int | None = None,
-                 factor: int = 8, subject_description: str | None = None) -> PromptPlan:
+                 factor: int = 8, subject_description: str | None = None, prefix_codes: torch.Tensor | None = None,
+                 keep_rows: int | None = None) -> PromptPlan:
     """Token streams for one request. For dual-panel tasks `width`/`height` are the canvas size
-    (the condition / each panel is width x height/2)."""
+    (the condition / each panel is width x height/2). prefix_codes [rows, w] (or [1, rows, w]): the top of the
+    part the task paints, of which the first `keep_rows` (None: all) go into the prompt (kept_rows.py)."""
     spec = get_task(task) if isinstance(task, str) else task
     check_size(width, height, "canvas" if spec.dual_panel else "image")
     if spec.dual_panel and (height // 2) % SIZE_MULTIPLE:
@@ -205,9 +215,18 @@ def build_prompt(tokenizer, task: str | TaskSpec, prompt: str, width: int, heigh
     elif condition_codes is not None:
         raise InputError(f"task {spec.name!r} generates from text only; remove the condition image or pick a "
                          "task that uses one (control_*, subject, dense_*, edit).")
+    kept = 0
+    if prefix_codes is not None:
+        rows = check_kept_rows(prefix_codes, keep_rows, spec, w_lat=layout.w_lat, free_rows=layout.gen_rows,
+                               factor=factor, num_codes=sp.num_image_codes)
+        kept = rows.shape[0]
+        prefix = prefix + image_rows_to_ids(rows, sp)
+        layout = ImageLayout(width, height, factor, prefix_rows=layout.prefix_rows + kept)
+    elif keep_rows is not None:
+        raise InputError("keep_rows needs the rows to keep (prefix_codes)")
     text = render_prompt(spec, prompt, width, height, subject_description)
     cond = [sp.bos] + tokenizer.encode(text) + [sp.separator] + head + prefix
-    plan = PromptPlan(spec, layout, cond, head + prefix, text)
+    plan = PromptPlan(spec, layout, cond, head + prefix, text, kept)
     if max_positions is not None and plan.total_tokens > max_positions:
         raise _context_error(tokenizer, spec, prompt, width, height, max_positions, factor, subject_description, plan)
     return plan

@@ -126,6 +126,31 @@ class KVCache:
         read = 2 * batch * config.num_key_value_heads * max_len * config.head_dim * per
         return values + scales + read
 
+    @classmethod
+    def gather(cls, parts: list[tuple["KVCache", torch.Tensor]], max_len: int) -> "KVCache":
+        """A new cache of `max_len` slots holding the given rows of other caches, in order: parts are (cache,
+        row indices). Only the filled slots are copied (every part must hold the same length), so a cache can
+        shrink to the rows that survive (best-of-N's early pruning) and grow to the slots they still need;
+        the rows' values, scales and starts are copied bit for bit."""
+        first = parts[0][0]
+        length = first.length
+        if any(c.length != length for c, _ in parts):
+            raise ValueError("the caches to gather hold different lengths: " + ", ".join(str(c.length) for c, _ in parts))
+        if max_len < length:
+            raise ValueError(f"a gathered cache of {max_len} slots cannot hold the {length} filled ones")
+        rows = sum(len(index) for _, index in parts)
+        batch, heads, _, head_dim = first.k[0].shape
+        out = cls(len(first.k), rows, heads, max_len, head_dim, first.dtype, first.k[0].device, first.format)
+        at = 0
+        for cache, index in parts:
+            index = index.to(cache.starts.device)
+            for dst, src in zip(out.tensors(), cache.tensors()):
+                dst[at:at + len(index), :, :length] = src[index, :, :length]
+            out.starts[at:at + len(index)] = cache.starts[index]
+            at += len(index)
+        out.length = length
+        return out
+
     def slots(self, count: int) -> torch.Tensor:
         if self.length + count > self.max_len:
             raise RuntimeError(f"KV cache overflow: {self.length}+{count} > {self.max_len}")

@@ -115,7 +115,8 @@ class _Worker:
             decoder = FastPlain(step) if step is not None else None
         res = generate(self.model, req["prompt"], req["width"], req["height"], task=req["task"], seeds=req["seeds"],
                        sampling=SamplingOptions(**req["sampling"]), condition_codes=req.get("condition_codes"),
-                       subject_description=req.get("subject_description"), decoder=decoder,
+                       subject_description=req.get("subject_description"), prefix_codes=req.get("prefix_codes"),
+                       keep_rows=req.get("keep_rows"), decoder=decoder,
                        progress=self.progress, cancel=self.cancel)
         st = res.stats
         stats = {"forwards": st.forwards, "image_tokens": st.image_tokens, "prefill_tokens": st.prefill_tokens,

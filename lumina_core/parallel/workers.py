@@ -294,11 +294,11 @@ class TPWorkers:
                  batch_size: int = 1, seeds: list[int] | None = None, cfg: float = 4.0, top_k: int = 4096,
                  temperature: float = 1.0, top_p: float = 1.0, top_n_sigma: float = 0.0, cfg_mode: str = "plain",
                  guidance_top_k: int = 0, sampling=None, condition_codes=None, subject_description=None,
-                 decoder=None, speed: dict | None = None, progress=None, cancel=None, condition_image=None,
-                 image_tokenizer=None):
+                 prefix_codes=None, keep_rows: int | None = None, decoder=None, speed: dict | None = None,
+                 progress=None, cancel=None, condition_image=None, image_tokenizer=None):
         """lumina_core.generate on the workers; returns a GenerationResult. speed: the Speed Settings
         (cuda_graphs, compile_layers, bucket), applied by every worker to its own shard."""
-        from ..decoding.generate import GenerationResult, encode_condition, plan_request, sampling_and_seeds
+        from ..decoding.generate import GenerationResult, encode_condition, plan_each_prefix, sampling_and_seeds
         from ..decoding.sampler import DecodeStats
         if condition_image is not None:  # encoded here: the workers hold only the transformer
             if condition_codes is not None:
@@ -307,11 +307,13 @@ class TPWorkers:
         opts, seeds = sampling_and_seeds(sampling, seeds, seed, batch_size, cfg=cfg, top_k=top_k,
                                          temperature=temperature, top_p=top_p, top_n_sigma=top_n_sigma,
                                          cfg_mode=cfg_mode, guidance_top_k=guidance_top_k)
-        plan = plan_request(self, prompt, width, height, task, condition_codes=condition_codes,
-                            subject_description=subject_description)  # bad requests fail here, not in the workers
+        plan = plan_each_prefix(self, prompt, width, height, task, condition_codes=condition_codes,
+                                subject_description=subject_description, prefix_codes=prefix_codes,
+                                keep_rows=keep_rows, n_images=len(seeds))[0][0]  # bad requests fail here
         req = {"prompt": prompt, "width": width, "height": height, "task": plan.task.name, "seeds": list(seeds),
                "sampling": asdict(opts), "condition_codes": condition_codes,
-               "subject_description": subject_description, "sjd": _sjd_settings(decoder), "speed": speed}
+               "subject_description": subject_description, "prefix_codes": prefix_codes, "keep_rows": keep_rows,
+               "sjd": _sjd_settings(decoder), "speed": speed}
         out = self._request("generate", req, progress, cancel)
         stats = DecodeStats(**out["stats"])
         return GenerationResult(codes=out["codes"], layout=plan.layout, task=plan.task, seeds=list(seeds),
