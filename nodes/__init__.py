@@ -7,6 +7,7 @@ from . import compat  # noqa: F401  (host differences, also used by tests)
 from .condition import ConditionEncoder
 from .decode import Decode
 from .download import Download
+from .image_to_tokens import ImageToTokens
 from .loaders import ImageTokenizerLoader, ModelLoader
 from .multigpu import MultiGPULoader
 from .sampler import Sampler
@@ -16,7 +17,7 @@ from .settings import BestOfNSettings, SamplingSettings, SJDSettings, SpeedSetti
 
 NODES: list[type[io.ComfyNode]] = [ModelLoader, ImageTokenizerLoader, ConditionEncoder, Sampler, SJDSettings,
                                    BestOfNSettings, SelectBest, Decode, Download, SpeedSettings,
-                                   SamplingSettings, MultiGPULoader, SaveQuantized]
+                                   SamplingSettings, MultiGPULoader, SaveQuantized, ImageToTokens]
 
 
 class LuminaMGPT2Extension(ComfyExtension):

@@ -31,7 +31,10 @@ def send_event(event: str, data: dict) -> None:
 
 class SamplerProgress:
     def __init__(self, node_id: str | None, model, rows_per_image: int, codes_per_row: int, image_tokenizer=None,
-                 forwards=None, clock=time.monotonic, warning: str | None = None, panel_rows: int | None = None):
+                 forwards=None, clock=time.monotonic, warning: str | None = None, panel_rows: int | None = None,
+                 kept=None):
+        """rows_per_image: rows the sampler paints; kept: the rows kept above them (codes [k, w] of the first
+        image, or None), shown at once and above every preview (the engine's codes so far include them)."""
         self.node_id, self.model, self.image_tokenizer = node_id, model, image_tokenizer
         self.warning = warning  # e.g. a task the checkpoint was not trained for; shown with the stats
         self.panel_rows = panel_rows  # dual-panel tasks: previews decode panel by panel, as Decode does
@@ -43,7 +46,10 @@ class SamplerProgress:
         self.total = rows_per_image
         self.tokens = 0  # image codes produced so far, all images together
         self.last_rows = 0
+        self.kept_rows = 0 if kept is None else kept.shape[0]
         self.pbar = comfy.utils.ProgressBar(rows_per_image, node_id=node_id)
+        if kept is not None:  # the kept rows are the picture's start: show them before the first row is painted
+            self.pbar.update_absolute(0, rows_per_image, self.preview(kept))
 
     # --- engine callbacks
     def on_rows(self, rows_done: int, total_rows: int, codes) -> None:
@@ -66,13 +72,14 @@ class SamplerProgress:
 
     # --- helpers
     def preview(self, codes):
-        """The first image of the current batch, rows done so far, on its full-size canvas."""
+        """The first image of the current batch, kept rows and rows done so far, on its full-size canvas."""
+        rows = self.rows_per_image + self.kept_rows
         if self.image_tokenizer is not None:
-            image = decoded_preview(self.image_tokenizer, codes, self.rows_per_image, self.panel_rows)
+            image = decoded_preview(self.image_tokenizer, codes, rows, self.panel_rows)
         else:
             if self.model.preview_palette is None:
                 self.model.preview_palette = embedding_palette(self.model.engine)
-            image = palette_preview(self.model.preview_palette, codes, self.rows_per_image)
+            image = palette_preview(self.model.preview_palette, codes, rows)
         # ComfyUI fits a preview into max_size, enlarging small ones, and the UI labels it with the enlarged
         # size ("512 x 512" for a 64x64 image): never enlarge, so the label is the image's real size.
         return ("JPEG", image, min(args.preview_size, max(image.size)))

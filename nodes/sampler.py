@@ -6,13 +6,15 @@ import logging
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..lumina_core import InputError, TASKS, get_task
+from ..lumina_core import InputError, TASKS, crop_codes, get_task
+from ..lumina_core.decoding.generate import prompt_rows
+from ..lumina_core.decoding.tasks import DEFAULT_SUBJECT_DESCRIPTION
 from ..lumina_core.request import Request, prepare_request, run_request
 from . import memory
 from .memory_plan import KV_CACHES, KV_TOOLTIP, kv_cache_format
 from .progress import SamplerProgress
 from .settings import CountingForward, step_function
-from .validation import choice_problem, first_problem, float_problems, require, size_inputs, size_problem
+from .validation import MAX_SIDE, choice_problem, first_problem, float_problems, require, size_inputs, size_problem
 from .types import (BestOfNType, CATEGORY, ImageTokenizerType, LuminaTokens, ModelType, SamplingType, SJDType,
                     SpeedType, TokensType)
 
@@ -42,6 +44,19 @@ def condition_codes(spec, condition: LuminaTokens | None, width: int, height: in
                          f"model uses {engine.tokenizer.special.num_image_codes} codes: encode it with the "
                          "MoVQGAN that belongs to this checkpoint.")
     return condition.codes
+
+
+def start_codes(start_from: LuminaTokens | None, engine):
+    """The start_from socket's codes: the part its source painted (a sampler's image, or the lower panel below a
+    condition) or the picture an Image to Tokens node encoded, checked against the model's codebook."""
+    if start_from is None:
+        return None
+    want = engine.tokenizer.special.num_image_codes
+    if start_from.num_codes != want:
+        raise InputError(f"start_from was encoded with a {start_from.num_codes}-code image tokenizer but the model "
+                         f"uses {want} codes: encode the picture with the MoVQGAN that belongs to this checkpoint.")
+    part = start_from.task.generated_panel if start_from.task is not None else "full"
+    return crop_codes(start_from.codes, part)
 
 
 class Sampler(io.ComfyNode):
@@ -92,6 +107,22 @@ class Sampler(io.ComfyNode):
                                    tooltip="More sampling options (Sampling Settings node: top-p, top-n-sigma, "
                                            "guidance only within the top-k, upstream's cfg schedule)."),
                 io.Combo.Input("kv_cache", options=list(KV_CACHES), default="auto", optional=True, tooltip=KV_TOOLTIP),
+                TokensType.Input("start_from", optional=True,
+                                 tooltip="A picture to start from: a sampler's output or Image to Tokens. Its top "
+                                         "keep_rows rows stay exactly as they are and the sampler paints the rest, "
+                                         "each image of the batch with its own seed (a batch of pictures: one per "
+                                         "image). With a height taller than the picture it extends the picture "
+                                         "downward. Dual-panel tasks keep the top of the panel they paint."),
+                io.Int.Input("keep_rows", default=0, min=0, max=MAX_SIDE // 8, optional=True,
+                             tooltip="With start_from: how many rows of codes to keep from the top (a row is 8 px: "
+                                     "keep 48 of a 768-px image's 96 rows to re-roll its bottom half). 0 keeps "
+                                     "every row of start_from: set a taller height to extend it downward. Without "
+                                     "start_from it does nothing."),
+                io.String.Input("subject_description", default=DEFAULT_SUBJECT_DESCRIPTION, optional=True,
+                                tooltip="For the subject task: a short description of the reference subject, which "
+                                        "its template puts in <...> before your prompt. The default is the sentence "
+                                        "upstream's code always used (Alpha-VLLM/Lumina-mGPT-2.0 #24); describe your "
+                                        "subject instead. Empty: that sentence. Other tasks ignore it."),
             ],
             outputs=[TokensType.Output(display_name="tokens", tooltip="The generated code grids (whole canvas), with task and "
                                                         "seeds; connect to Lumina-mGPT 2.0 Decode.")],
@@ -111,14 +142,18 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, prompt: str, task: str, width: int, height: int, seed: int, cfg: float, top_k: int,
                 temperature: float, batch_size: int, condition=None, image_tokenizer=None, sjd=None,
-                best_of_n=None, speed=None, sampling=None, kv_cache: str = "auto") -> io.NodeOutput:
+                best_of_n=None, speed=None, sampling=None, kv_cache: str = "auto", start_from=None,
+                keep_rows: int = 0, subject_description: str = DEFAULT_SUBJECT_DESCRIPTION) -> io.NodeOutput:
         require(*cls.problems(task, width, height, cfg, temperature))  # linked widgets
         engine = model.engine  # a Multi-GPU Loader's model answers as its worker group
         vq = image_tokenizer.engine if image_tokenizer is not None else None
         request = Request(prompt=prompt, task=task, width=width, height=height, seed=seed, cfg=cfg, top_k=top_k,
                           temperature=temperature, batch_size=batch_size, sjd=sjd, best_of_n=best_of_n,
                           sampling=sampling or {},
-                          condition_codes=condition_codes(get_task(task), condition, width, height, engine))
+                          condition_codes=condition_codes(get_task(task), condition, width, height, engine),
+                          prefix_codes=start_codes(start_from, engine),
+                          keep_rows=(keep_rows or None) if start_from is not None else None,
+                          subject_description=subject_description or None)
         # checked and planned first: a prompt or size the model cannot take fails before anything is loaded
         prepared = prepare_request(engine, request, image_tokenizer=vq)
         if prepared.warning:
@@ -142,10 +177,12 @@ class Sampler(io.ComfyNode):
         # SJD's forwards are counted for the live tokens-per-forward figure (the workers report theirs at the end)
         forwards = CountingForward(step) if sjd is not None and step is not None else None
         decoder = prepared.decoder(forwards or step)
-        progress = SamplerProgress(cls.hidden.unique_id, model, prepared.plan.layout.gen_rows,
-                                   prepared.plan.layout.w_lat, image_tokenizer=vq, forwards=forwards,
-                                   warning=prepared.warning,
-                                   panel_rows=prepared.plan.layout.h_lat // 2 if prepared.spec.dual_panel else None)
+        plan = prepared.plan
+        kept = prompt_rows(plan, engine.tokenizer.special)[plan.layout.prefix_rows - plan.kept_rows:] \
+            if plan.kept_rows else None
+        progress = SamplerProgress(cls.hidden.unique_id, model, plan.layout.gen_rows, plan.layout.w_lat,
+                                   image_tokenizer=vq, forwards=forwards, warning=prepared.warning,
+                                   panel_rows=plan.layout.h_lat // 2 if prepared.spec.dual_panel else None, kept=kept)
         outcome = run_request(prepared, engine, decoder=decoder, image_tokenizer=vq, progress=progress.on_rows,
                               cancel=progress.cancel, speed=speed)
         progress.finish(outcome.tokens_per_forward)

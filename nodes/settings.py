@@ -5,15 +5,21 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import io
 
-from ..lumina_core import CLIPScorer, LikelihoodScorer, StepRunner
+from ..lumina_core import CLIPScorer, InputError, LikelihoodScorer, StepRunner
 from ..lumina_core.decoding.fast import compile_layers
 from ..lumina_core.decoding.logits import CFG_MODES
 from ..lumina_core.model.files import list_clip_folders
-from ..lumina_core.decoding.sjd import INITS, MODES
+from ..lumina_core.decoding.sjd import INITS, MODES, SJDecoder
+
+# the SJD Settings node's draft_tree choices: SJDecoder keywords (besides the window widget)
+DRAFT_TREES = {"auto": {}, "off": {}, "4 candidates": {"candidates": 4, "branch": 8},
+               "8 candidates": {"candidates": 8, "branch": 8}}
+RELAXED_GROUP = 8  # codes per group for the lossy relaxed acceptance (BENCHMARKS.md, SJD)
 from .types import ADVANCED, BestOfNType, SamplingType, SJDType, SpeedType
 from .validation import choice_problem, first_problem, float_problems, require
 
 SCORERS = ("likelihood", "clip")
+MAX_PRUNE_ROWS = 511  # rows of a 4096-px image, less the one that must be left to paint
 NO_CLIP = "none"
 CLIP_FOLDER_KEY = "clip_vision"
 
@@ -38,26 +44,46 @@ class SJDSettings(io.ComfyNode):
             node_id="LuminaMGPT2SJDSettings",
             display_name="Lumina-mGPT 2.0 SJD Settings",
             category=ADVANCED,
-            description="Speculative Jacobi decoding: each forward checks a window of guessed codes and keeps the "
-                        "ones the model agrees with, so an image needs fewer forwards. 'exact' gives the same "
-                        "distribution of images as plain sampling. Upstream advises against it for image-to-image "
-                        "tasks.",
+            description="Speculative Jacobi decoding: each forward checks guessed codes and keeps the ones the "
+                        "model agrees with, so an image needs fewer forwards. 'exact' gives the same distribution of "
+                        "images as plain sampling. By default every forward also tries a few other codes where a "
+                        "guess is likely to fail (a draft tree), and the device decides how many: about 1.3x fewer "
+                        "forwards again, still exact.",
             inputs=[
                 io.Int.Input("window", default=16, min=2, max=64,
-                             tooltip="Codes per forward: the last known code plus window-1 guesses. 16 as upstream."),
+                             tooltip="Codes per forward on the main line of guesses: the last known code plus "
+                                     "window-1 guesses (16 as upstream). Used when draft_tree is not auto."),
                 io.Combo.Input("init", options=list(INITS), default="random",
                                tooltip="How new guesses start: random codes, or the code one row above (spatial)."),
                 io.Combo.Input("mode", options=list(MODES), default="exact",
                                tooltip="exact: lossless (same images in distribution as without SJD). upstream: "
                                        "upstream's acceptance rule, not lossless; for comparisons."),
+                io.Combo.Input("draft_tree", options=list(DRAFT_TREES), default="auto", optional=True,
+                               tooltip="auto: the window and how many other codes each forward tries, from what this "
+                                       "GPU runs for free alongside reading the weights (the window widget is then "
+                                       "not used). off: one line of guesses, as upstream. 4 / 8 candidates: the "
+                                       "window widget's line plus 3 or 7 other codes for the next position, each "
+                                       "followed by 8 guesses. All are exact."),
+                io.Boolean.Input("relaxed", default=False, optional=True,
+                                 tooltip="CHANGES THE IMAGES' DISTRIBUTION (lossy): a guess also counts as right when "
+                                         "the model favours codes similar to it. Fewer forwards, slightly different "
+                                         "images than plain sampling would make. Off: exact."),
             ],
             outputs=[SJDType.Output(display_name="sjd", tooltip="Connect to the sampler's 'sjd' input.")],
         )
 
     @classmethod
-    def execute(cls, window: int, init: str, mode: str) -> io.NodeOutput:
-        require(choice_problem("init", init, INITS), choice_problem("mode", mode, MODES))
-        return io.NodeOutput({"window": window, "init": init, "mode": mode})
+    def execute(cls, window: int, init: str, mode: str, draft_tree: str = "auto", relaxed: bool = False) -> io.NodeOutput:
+        require(choice_problem("init", init, INITS), choice_problem("mode", mode, MODES),
+                choice_problem("draft_tree", draft_tree, DRAFT_TREES))
+        shape = dict(DRAFT_TREES[draft_tree], window=window) if draft_tree != "auto" else {"window": "auto"}
+        if mode == "upstream":  # upstream's rule is one line of guesses
+            shape = {"window": window}
+        settings = {**shape, "init": init, "mode": mode, "relaxed": RELAXED_GROUP if relaxed else 0}
+        if "branch" in settings:
+            settings["branch"] = min(settings["branch"], max(0, window - 2))
+        SJDecoder(**settings)  # refuses a shape it cannot run, with what to change
+        return io.NodeOutput(settings)
 
 
 class SamplingSettings(io.ComfyNode):
@@ -173,6 +199,15 @@ class BestOfNSettings(io.ComfyNode):
                                        "openai/clip-vit-large-patch14."),
                 io.Int.Input("chunk_size", default=0, min=0, max=64,
                              tooltip="Candidates generated together. 0: as many as fit in free memory."),
+                io.Int.Input("prune_after_rows", default=0, min=0, max=MAX_PRUNE_ROWS, optional=True,
+                             tooltip="Early pruning: paint every candidate down to this row (a row is 8 px), score "
+                                     "the partial pictures, and finish only the 'keep' best. Most of the time goes "
+                                     "to candidates worth finishing, and the dropped ones' memory goes to the rest. "
+                                     "0: no pruning, every candidate is finished. Plain decoding only (not with "
+                                     "SJD)."),
+                io.Int.Input("keep", default=2, min=1, max=64, optional=True,
+                             tooltip="With prune_after_rows: how many candidates to finish (fewer than n). Each "
+                                     "keeps its seed, so it is exactly the image that seed makes alone."),
             ],
             outputs=[BestOfNType.Output(display_name="best_of_n", tooltip="Connect to the sampler's 'best_of_n' "
                                                                          "input.")],
@@ -186,11 +221,16 @@ class BestOfNSettings(io.ComfyNode):
                              choice_problem("clip_model", clip_model, [NO_CLIP, *clip_folders()]), needs_clip)
 
     @classmethod
-    def execute(cls, n: int, scorer: str, clip_model: str, chunk_size: int) -> io.NodeOutput:
+    def execute(cls, n: int, scorer: str, clip_model: str, chunk_size: int, prune_after_rows: int = 0,
+                keep: int = 2) -> io.NodeOutput:
         require(cls.validate_inputs(scorer, clip_model))
+        if prune_after_rows and not 1 <= keep < n:
+            raise InputError(f"keep must be fewer than the n = {n} candidates to prune any (got keep {keep}): lower "
+                             "keep, raise n, or set prune_after_rows to 0.")
         if scorer == "clip":  # kept off the GPU between scorings, where ComfyUI does not account for it
             chosen = CLIPScorer(clip_folders()[clip_model], device=mm.get_torch_device(),
                                 offload_device=mm.unet_offload_device())
         else:
             chosen = LikelihoodScorer()
-        return io.NodeOutput({"n": n, "scorer": chosen, "chunk_size": chunk_size or None})
+        return io.NodeOutput({"n": n, "scorer": chosen, "chunk_size": chunk_size or None,
+                              "prune_after_rows": prune_after_rows, "keep": keep if prune_after_rows else None})

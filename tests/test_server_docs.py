@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.server]
 
 NODES_MD = os.path.join(ROOT, "NODES.md")
 NODE_ORDER = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "LuminaMGPT2Sampler",
-              "LuminaMGPT2Decode", "LuminaMGPT2ConditionEncoder", "LuminaMGPT2SJDSettings",
+              "LuminaMGPT2Decode", "LuminaMGPT2ConditionEncoder", "LuminaMGPT2ImageToTokens", "LuminaMGPT2SJDSettings",
               "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest", "LuminaMGPT2SpeedSettings",
               "LuminaMGPT2SamplingSettings",
               "LuminaMGPT2Download", "LuminaMGPT2MultiGPULoader", "LuminaMGPT2SaveQuantized"]

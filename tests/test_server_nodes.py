@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 NODE_IDS = ["LuminaMGPT2ModelLoader", "LuminaMGPT2ImageTokenizerLoader", "LuminaMGPT2ConditionEncoder",
             "LuminaMGPT2Sampler", "LuminaMGPT2SJDSettings", "LuminaMGPT2BestOfNSettings", "LuminaMGPT2SelectBest",
             "LuminaMGPT2Decode", "LuminaMGPT2Download", "LuminaMGPT2SpeedSettings",
-            "LuminaMGPT2SamplingSettings"]
+            "LuminaMGPT2SamplingSettings", "LuminaMGPT2ImageToTokens"]
 
 
 def t2i(seed=0, size=64, batch=1, prefix="t2i", prompt="a red circle", preview=True, **sampler):
