@@ -175,7 +175,15 @@ def register_methods(window: int, movqgan=None, verifier: str | None = None):
                                     prompt=prompt, stats=DecodeStats(forwards=forwards))
         return method
 
+    def sjd_with(**kw):
+        def method(model, prompt, *, task, width, height, seeds, sampling, condition_codes=None):
+            return generate(model, prompt, width, height, task=task, seeds=seeds, sampling=sampling,
+                            condition_codes=condition_codes, decoder=SJDecoder(**kw))
+        return method
+
     shapes_eval.register_method(f"sjd{window}", sjd)
+    shapes_eval.register_method("sjd_tree", sjd_with(window=32, candidates=4, branch=8))  # exact
+    shapes_eval.register_method("sjd_relaxed", sjd_with(window=32, candidates=4, branch=8, relaxed=8))  # LOSSY
     shapes_eval.register_method("best_of_4", best_of(4))
     shapes_eval.register_method("best_of_8", best_of(8))
     if verifier is not None:  # the demo's CLIP verifier, through the pack's CLIP scorer
