@@ -37,10 +37,10 @@ After 0.33.0, from the release notes only (no source or wheel of a later ComfyUI
   loader's quantization auto) asks freeable_bytes() -> mm.get_free_memory(load device), so on the CPU it takes
   the container's figure from 0.35 on by itself (a smaller, truer budget); on a GPU it counts VRAM only, and
   the host-memory embedding table (1.3 GiB for the 7.9B model) is placed in system memory without any RAM
-  check, on every release. Best-of-N's chunk size on the CPU (lumina_core/decoding/best_of_n.py,
-  available_ram) reads psutil itself: in a container it keeps counting the host's RAM after 0.35 and may put
-  more candidates in a chunk than the container holds; the Sampler could pass ComfyUI's figure as
-  memory_budget. Not tried: this machine has no container memory limit and no 0.35.
+  check, on every release. Best-of-N's chunk size on the CPU reads system memory itself
+  (lumina_core/memory/host_ram.py): the machine's free figure capped by the cgroup's limit (v1 and v2), so
+  it holds in a container on every release (tests/test_host_ram.py, on cgroup-shaped files; no container
+  with a memory limit was at hand to try it in).
 - 0.45.0 merges parallel Linear weights in its own models. Ours is our own module tree (lumina_core.model)
   that takes only ComfyUI's layer classes (comfy.ops); a merge inside ComfyUI's model definitions does not
   reach it, and our q/k/v and gate/up weights and checkpoint keys stay as they are. If the merge happens in

@@ -45,9 +45,14 @@ def test_loader_offers_auto_first_and_keeps_old_values(nodes):
     assert weight_format(load(nodes, "int4").engine) == "int4"
 
 
-def test_sampler_kv_cache_input_is_last_and_optional(nodes):
+def test_sampler_kv_cache_input_keeps_its_place_and_is_optional(nodes):
+    # saved workflows store widget values by position: kv_cache stays right after the settings sockets it was
+    # appended behind, and inputs added later come after it
     info = nodes.sampler.Sampler.GET_NODE_INFO_V1()["input"]
-    assert list(info["optional"])[-1] == "kv_cache"
+    optional = list(info["optional"])
+    assert optional[:optional.index("kv_cache") + 1] == ["condition", "image_tokenizer", "sjd", "best_of_n", "speed",
+                                                        "sampling", "kv_cache"]
+    assert optional[optional.index("kv_cache") + 1:] == ["start_from", "keep_rows", "subject_description"]
     assert info["optional"]["kv_cache"][1]["options"] == ["auto", "bf16", "int8"]
 
 

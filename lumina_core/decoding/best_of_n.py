@@ -7,7 +7,6 @@ and the free memory (CUDA: torch.cuda.mem_get_info; CPU: a given budget, else ha
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -21,6 +20,7 @@ from .generate import (crop_codes, decode_images, encode_condition, generate, pl
 from .kept_rows import as_images
 from .pruning import canvas_codes, check_pruning, prune_candidates
 from .threads import decode_threads
+from ..memory.host_ram import available_ram
 from ..memory.kv_cache import KVCache
 from .sampler import CancelFn, DecodeStats, ProgressFn
 from .scorers import LikelihoodScorer
@@ -79,19 +79,6 @@ def free_bytes(device: torch.device, memory_budget: int | None = None) -> int:
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(0.9 * (free + cached))
     return int(0.5 * available_ram())
-
-
-def available_ram() -> int:
-    """Free system memory in bytes (psutil where installed, as with ComfyUI; sysconf on Linux; else 4 GiB)."""
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # Windows has no sysconf, macOS lacks SC_AVPHYS_PAGES
-        return 4 * 2 ** 30
 
 
 def chunk_size_for(model, max_len: int, use_cfg: bool, tokens_per_step: int, n: int,
