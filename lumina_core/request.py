@@ -16,7 +16,7 @@ from .errors import InputError
 from .decoding.fast import FastPlain, StepRunner
 from .decoding.generate import canvas_size, generate, plan_each_prefix
 from .decoding.kept_rows import as_images
-from .decoding.pruning import check_pruning
+from .decoding.pruning import check_pruning, check_pruning_runs_here
 from .decoding.sampler import DecodeStats
 from .decoding.sjd import SJDecoder
 from .layout import ImageLayout
@@ -155,6 +155,7 @@ def prepare_request(model, request: Request, image_tokenizer=None) -> PreparedRe
     bon = request.best_of_n
     if bon is not None and bon.get("prune_after_rows"):
         check_pruning(plan, bon["n"], bon.get("keep"), bon["prune_after_rows"])
+        check_pruning_runs_here(with_sjd=request.sjd is not None, on_workers=isinstance(model, TPWorkers))
     return PreparedRequest(request, spec, canvas, plan, task_warning(model, spec.name))
 
 

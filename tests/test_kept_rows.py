@@ -86,6 +86,30 @@ def test_identical_rows_share_one_prompt(model, source):
     assert res.stats.prefill_tokens == 2 * alone.stats.prefill_tokens  # two prompts, not three
 
 
+def test_pictures_that_differ_only_below_the_kept_rows_share_one_prompt(model, source):
+    """A batch re-rolled from one picture, fed back with the same keep_rows: one prompt, not one per image."""
+    rerolled = generate(model, "x", 64, 64, seed=5, batch_size=3, prefix_codes=source[0], keep_rows=3, **KW).codes
+    assert len({tuple(c.flatten().tolist()) for c in rerolled}) == 3
+    res = generate(model, "x", 64, 64, seed=9, batch_size=3, prefix_codes=rerolled, keep_rows=3, **KW)
+    alone = generate(model, "x", 64, 64, seed=9, batch_size=3, prefix_codes=source[0], keep_rows=3, **KW)
+    assert torch.equal(res.codes, alone.codes)
+    assert res.stats.prefill_tokens == alone.stats.prefill_tokens
+
+
+def test_sjd_stats_of_prompts_run_one_after_another_add_up(model, source):
+    sjd = SJDecoder(window=6)
+    both = generate(model, "x", 64, 64, seed=30, batch_size=2, prefix_codes=source, keep_rows=2, decoder=sjd, **KW)
+    each = [generate(model, "x", 64, 64, seed=30 + i, prefix_codes=source[i], keep_rows=2, decoder=sjd, **KW).stats
+            for i in range(2)]
+    assert both.stats.forwards == sum(s.forwards for s in each)
+    assert both.stats.image_tokens == sum(s.image_tokens for s in each) == 2 * 6 * 8
+    assert both.stats.tokens_per_forward == pytest.approx(2 * 6 * 8 / both.stats.forwards)
+    hists = [s.extra["codes_per_forward_hist"] for s in each]
+    merged = both.stats.extra["codes_per_forward_hist"]
+    assert sum(merged) == sum(map(sum, hists))
+    assert all(merged[i] == sum(h[i] for h in hists if i < len(h)) for i in range(len(merged)))
+
+
 def test_greedy_sjd_equals_plain_greedy_after_kept_rows(model, source):
     kw = dict(cfg=3.0, top_k=1, seed=0, batch_size=2, prefix_codes=source, keep_rows=3)
     plain = generate(model, "a red circle", 64, 64, **kw)

@@ -150,3 +150,12 @@ def test_dual_panel_previews_decode_panel_by_panel_too(nodes, model, vq, monkeyp
     full = nodes.decode.Decode.execute(tokens, vq, "full canvas").args[0][0]
     assert last.shape == (128, 64, 3)
     assert np.abs(last - (full.numpy() * 255).round()).max() <= 1
+
+
+def test_sjd_settings_take_the_smallest_window_and_say_when_a_tree_needs_more(nodes):
+    from lumina_pack.lumina_core import InputError
+    settings = nodes.settings.SJDSettings.execute(window=2, init="random", mode="exact", draft_tree="off").args[0]
+    assert settings["window"] == 2
+    assert nodes.settings.SJDSettings.execute(window=2, init="random", mode="upstream").args[0]["window"] == 2
+    with pytest.raises(InputError, match="window >= 3.*draft_tree to off"):
+        nodes.settings.SJDSettings.execute(window=2, init="random", mode="exact", draft_tree="4 candidates")

@@ -3,13 +3,15 @@ with kept rows, below a condition, with the int8 cache), the candidates kept are
 scores, which are what the scorer says of the first rows (likelihood: a full causal forward; CLIP: the finished
 rows decoded, the rest grey), pruned candidates stop at row r, the caches shrink to the survivors' rows, and every
 bad setting says what to change."""
+from functools import partial
+
 import pytest
 import torch
 
 from builders import tiny_checkpoint, tiny_movqgan
 from lumina_core import InputError, KVCache, LuminaMGPT, SJDecoder, best_of_n, generate, kv_cache_format
 from lumina_core.decoding import pruning
-from lumina_core.decoding.best_of_n import chunk_size_for
+from lumina_core.decoding.best_of_n import chunk_size_for, pruned_chunk_sizes
 from lumina_core.decoding.generate import decode_images, plan_request
 from lumina_core.decoding.scorers import LikelihoodScorer
 from lumina_core.image.preview import PENDING_GREY
@@ -176,14 +178,27 @@ def test_bad_pruning_settings_say_what_to_change(model, kwargs, message):
 
 def test_chunks_fit_the_memory_of_each_phase(model):
     """Without a chunk size, the first phase sizes its chunks for the prompt and r rows, the second for whole
-    images: with a budget for about 2.5 whole-image candidates, more two-row candidates fit at once."""
+    images, each counting the partial caches alive beside it (the pools of the best so far while a chunk is
+    joined to them; the survivors' caches while the second phase takes chunks from them)."""
     from lumina_core.decoding.best_of_n import RESERVE_BYTES, bytes_per_image
     plan = plan_request(model, "a red circle", 64, 64)
-    full, partial = plan.total_tokens + 2, len(plan.cond_ids) + 2 * 9 + 2
-    budget = RESERVE_BYTES + int(2.5 * bytes_per_image(model, full, True, 2))
-    first = chunk_size_for(model, partial, True, 2, n=6, memory_budget=budget)
-    rest = chunk_size_for(model, full, True, 2, n=3, memory_budget=budget)
-    assert rest == 2 and first > rest
-    out = best_of_n(model, "a red circle", 64, 64, n=6, seed=50, prune_after_rows=2, keep=3,
-                    memory_budget=budget, **KW)
-    assert out.chunk_size == first and len(out.stats) == -(-6 // first) + -(-3 // rest)
+    full, part = plan.total_tokens + 2, len(plan.cond_ids) + 2 * 9 + 2
+    n, keep = 8, 3
+    kv_partial = KVCache.estimate_bytes(model.config, 2, part, model.compute_dtype)
+
+    def sizes(images):
+        budget = RESERVE_BYTES + int(images * bytes_per_image(model, full, True, 2))
+        fit = partial(chunk_size_for, model, memory_budget=budget)
+        return budget - RESERVE_BYTES, pruned_chunk_sizes(fit, part, full, n, keep, True)
+
+    assert sizes(0.5)[1] == (1, 1)  # too little room for anything: one at a time, the least that can run
+    for images in (4.0, 6.0, 12.0):
+        room, (first, rest) = sizes(images)
+        assert first * bytes_per_image(model, part, True, 2) + 2 * keep * kv_partial <= room
+        assert keep * kv_partial + rest * bytes_per_image(model, full, True, 2) <= room
+        assert 1 <= rest <= keep and 1 <= first <= n
+    room, (first, rest) = sizes(6.0)
+    assert first < n  # this budget splits the first phase into chunks, joined into the pool one by one
+    out = best_of_n(model, "a red circle", 64, 64, n=n, seed=50, prune_after_rows=2, keep=keep,
+                    memory_budget=room + RESERVE_BYTES, **KW)
+    assert out.chunk_size == first and len(out.stats) == -(-n // first) + -(-keep // rest)

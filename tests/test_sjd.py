@@ -55,7 +55,7 @@ def test_greedy_sjd_follows_every_guidance_mode(model, guidance):
                        plain.codes)
 
 
-@pytest.mark.parametrize("window", [3, 16])
+@pytest.mark.parametrize("window", [2, 3, 16])  # 2: the SJD Settings widget's smallest, one guess per forward
 def test_greedy_sjd_equals_plain_greedy_dual_panel(model, window):
     cond = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1))
     kw = dict(task="control_canny", condition_codes=cond, cfg=2.5, top_k=1)

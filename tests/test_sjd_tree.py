@@ -149,8 +149,9 @@ def test_sampled_tree_sjd_seed_is_batch_independent(model):
     assert torch.equal(batch.codes[1], alone.codes[0])
 
 
-@pytest.mark.parametrize("bad", [dict(window=8, levels=7), dict(window=8, branch=7), dict(candidates=0),
-                                 dict(window=8, candidates=2, mode="upstream")])
+@pytest.mark.parametrize("bad", [dict(window=8, candidates=2, levels=7), dict(window=8, candidates=2, branch=7),
+                                 dict(candidates=0), dict(window=8, candidates=2, mode="upstream"),
+                                 dict(window=2, candidates=4, branch=0)])
 def test_bad_tree_settings_say_what_to_change(bad):
     with pytest.raises(InputError, match="SJD"):
         SJDecoder(**bad)

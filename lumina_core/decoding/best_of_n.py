@@ -18,7 +18,7 @@ from .fast import FastPlain
 from .generate import (crop_codes, decode_images, encode_condition, generate, plan_request, sampling_and_seeds,
                        with_kept_rows)
 from .kept_rows import as_images
-from .pruning import canvas_codes, check_pruning, prune_candidates
+from .pruning import canvas_codes, check_pruning, check_pruning_runs_here, prune_candidates
 from .threads import decode_threads
 from ..memory.host_ram import available_ram
 from ..memory.kv_cache import KVCache
@@ -132,12 +132,8 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
     seeds = rng.seed_sequence(seed, n)
     if prune_after_rows:
         keep = check_pruning(plan, n, keep, prune_after_rows)
-        if generate_fn is not None:
-            raise InputError("early pruning runs on one device for now: set prune_after_rows to 0 with the "
-                             "Multi-GPU Loader, or load the model with the Model Loader.")
-        if decoder is not None and not isinstance(decoder, FastPlain):
-            raise InputError("early pruning paints the candidates with plain decoding for now: disconnect SJD "
-                             "Settings, or set prune_after_rows to 0 to use SJD without pruning.")
+        check_pruning_runs_here(with_sjd=decoder is not None and not isinstance(decoder, FastPlain),
+                                on_workers=generate_fn is not None)
         return _pruned(model, plan, prompt, seeds, scorer, keep, prune_after_rows, chunk_size, fit,
                        opts_cfg != 1.0, image_tokenizer, decoder, progress, cancel, generate_kwargs)
     if chunk_size is None:
@@ -164,6 +160,17 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
                          task=plan.task, images=torch.cat(images) if images else None, stats=stats)
 
 
+def pruned_chunk_sizes(fit, partial_len: int, full_len: int, n: int, keep: int, use_cfg: bool) -> tuple[int, int]:
+    """Candidates at once in each phase of pruning, counting what stays alive beside each chunk: while a first-
+    phase chunk is joined to the best so far, the old and the new pool of `keep` partial caches; in the second
+    phase, the `keep` partial caches the chunks are taken from (counted as whole images of their length)."""
+    pool = 2 * keep
+    first = max(1, min(n, fit(partial_len, use_cfg, 2, n + pool) - pool))
+    held = -(-keep * partial_len // full_len)
+    rest = max(1, min(keep, fit(full_len, use_cfg, 2, keep + held) - held))
+    return first, rest
+
+
 def _pruned(model, plan, prompt, seeds, scorer, keep, after_rows, chunk_size, chunk_size_fn, use_cfg,
             image_tokenizer, decoder, progress, cancel, generate_kwargs) -> BestOfNResult:
     """best_of_n with early pruning: the candidates' first rows in caches that hold only those rows, the survivors
@@ -173,8 +180,8 @@ def _pruned(model, plan, prompt, seeds, scorer, keep, after_rows, chunk_size, ch
                                  **{k: v for k, v in generate_kwargs.items() if k in LOOSE_SAMPLING})
     lay, n = plan.layout, len(seeds)
     if chunk_size is None:
-        first = chunk_size_fn(len(plan.cond_ids) + after_rows * (lay.w_lat + 1) + 2, use_cfg, 2, n)
-        rest = chunk_size_fn(plan.total_tokens + 2, use_cfg, 2, keep)
+        first, rest = pruned_chunk_sizes(chunk_size_fn, len(plan.cond_ids) + after_rows * (lay.w_lat + 1) + 2,
+                                         plan.total_tokens + 2, n, keep, use_cfg)
     else:
         first, rest = min(n, chunk_size), min(keep, chunk_size)
     with decode_threads(model, first * (2 if use_cfg else 1)):

@@ -96,7 +96,7 @@ def plan_each_prefix(model, prompt: str, width: int, height: int, task="t2i", *,
         return [(plan_request(model, prompt, width, height, task, keep_rows=keep_rows, **plan_kw),
                  list(range(n_images)))]
     return [(plan_request(model, prompt, width, height, task, prefix_codes=rows, keep_rows=keep_rows, **plan_kw),
-             members) for rows, members in group_by_prefix(prefix_codes, n_images)]
+             members) for rows, members in group_by_prefix(prefix_codes, n_images, keep_rows)]
 
 
 def sampling_and_seeds(sampling: SamplingOptions | None, seeds, seed: int, batch_size: int,
@@ -195,7 +195,11 @@ def _in_image_order(results: list[GenerationResult], members: list[list[int]], s
     """Several prompts' results as one batch, image i where it was asked for."""
     order = torch.tensor([i for group in members for i in group]).argsort()
     stats = [r.stats for r in results]
-    extra = {k: v for s in stats for k, v in s.extra.items() if k != "image_forwards"}
+    extra = {k: v for s in stats for k, v in s.extra.items() if k not in ("image_forwards", "codes_per_forward_hist")}
+    hists = [s.extra["codes_per_forward_hist"] for s in stats if "codes_per_forward_hist" in s.extra]
+    if hists:  # forwards that kept 0, 1, 2, ... codes, over every prompt
+        extra["codes_per_forward_hist"] = [sum(h[i] for h in hists if i < len(h))
+                                           for i in range(max(map(len, hists)))]
     per_image = [s.extra.get("image_forwards") for s in stats]
     if all(p is not None for p in per_image):  # SJD's forwards per image, in image order too
         flat = [f for p in per_image for f in p]
@@ -203,7 +207,7 @@ def _in_image_order(results: list[GenerationResult], members: list[list[int]], s
     logprob = None
     if all(s.logprob is not None for s in stats):
         logprob = torch.cat([s.logprob.cpu() for s in stats])[order]
-    merged = DecodeStats(forwards=sum(s.forwards for s in stats), image_tokens=stats[0].image_tokens,
+    merged = DecodeStats(forwards=sum(s.forwards for s in stats), image_tokens=sum(s.image_tokens for s in stats),
                          prefill_tokens=sum(s.prefill_tokens for s in stats), seconds=sum(s.seconds for s in stats),
                          logprob=logprob, extra=extra)
     first = results[0]

@@ -27,7 +27,7 @@ def as_images(prefix_codes) -> torch.Tensor:
     codes = torch.as_tensor(prefix_codes)
     if codes.ndim == 2:
         codes = codes[None]
-    if codes.ndim != 3 or codes.shape[1] < 1 or codes.shape[0] < 1:
+    if codes.ndim != 3 or min(codes.shape) < 1:
         raise InputError(f"the rows to keep must be code grids [rows, w] or [images, rows, w], got shape "
                          f"{tuple(codes.shape)}")
     if codes.dtype.is_floating_point or codes.dtype == torch.bool:
@@ -68,10 +68,10 @@ def check_kept_rows(prefix_codes, keep_rows: int | None, spec, *, w_lat: int, fr
     return codes[:k]
 
 
-def group_by_prefix(prefix_codes, n_images: int) -> list[tuple[torch.Tensor, list[int]]]:
+def group_by_prefix(prefix_codes, n_images: int, keep_rows: int | None = None) -> list[tuple[torch.Tensor, list[int]]]:
     """[(one image's codes [rows, w], the images of the batch that keep them)], in order of first use. One grid
-    serves every image; otherwise there is one per image (identical grids share a group, so they share a
-    prefill)."""
+    serves every image; otherwise there is one per image (grids whose kept top `keep_rows` rows are the same
+    share a group, so they share a prefill; None keeps every row)."""
     codes = as_images(prefix_codes)
     if codes.shape[0] == 1:
         return [(codes[0], list(range(n_images)))]
@@ -81,7 +81,7 @@ def group_by_prefix(prefix_codes, n_images: int) -> list[tuple[torch.Tensor, lis
     groups: list[tuple[torch.Tensor, list[int]]] = []
     for i in range(n_images):
         for grid, members in groups:
-            if torch.equal(grid, codes[i]):
+            if torch.equal(grid[:keep_rows], codes[i][:keep_rows]):
                 members.append(i)
                 break
         else:

@@ -52,6 +52,16 @@ def check_pruning(plan: PromptPlan, n: int, keep: int | None, after_rows: int) -
     return keep
 
 
+def check_pruning_runs_here(with_sjd: bool, on_workers: bool) -> None:
+    """Pruning paints with plain decoding on one device (for now): say what to change otherwise."""
+    if on_workers:
+        raise InputError("early pruning runs on one device for now: set prune_after_rows to 0 with the "
+                         "Multi-GPU Loader, or load the model with the Model Loader.")
+    if with_sjd:
+        raise InputError("early pruning paints the candidates with plain decoding for now: disconnect SJD "
+                         "Settings, or set prune_after_rows to 0 to use SJD without pruning.")
+
+
 def canvas_codes(plan: PromptPlan, special, painted: torch.Tensor) -> torch.Tensor:
     """Painted rows [B, rows, w] under the rows the prompt gives: the canvas so far [B, prefix + rows, w]."""
     if not plan.layout.prefix_rows:

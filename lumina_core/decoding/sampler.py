@@ -25,7 +25,7 @@ CancelFn = Callable[[], bool]                            # True -> stop
 @dataclass
 class DecodeStats:
     forwards: int = 0            # batched forward passes after the prefill
-    image_tokens: int = 0        # image codes produced per image
+    image_tokens: int = 0        # image codes produced per image (summed over prompts run one after another)
     prefill_tokens: int = 0
     seconds: float = 0.0
     logprob: torch.Tensor | None = None  # [B] sum over codes of log p_guided(code): the likelihood score

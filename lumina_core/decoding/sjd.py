@@ -68,6 +68,11 @@ class SJDecoder:
             return
         if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 2:
             raise InputError(f"SJD window must be 'auto' or >= 2 (1 known token + drafts), got {self.window!r}")
+        if self.candidates == 1:  # a plain chain: branch and levels shape a tree only
+            return
+        if self.window < 3:
+            raise InputError(f"an SJD draft tree needs window >= 3 (the known code, a guess, and the codes after "
+                             f"it), got window {self.window}: raise the window or set draft_tree to off")
         if not 0 <= self.branch <= self.window - 2:
             raise InputError(f"SJD branch must be between 0 and window - 2 = {self.window - 2}, got {self.branch}")
         if not 1 <= self.levels <= self.window - 2:
