@@ -6,7 +6,8 @@ one sample, best-of-4 and best-of-8.
     python -m bench.pruning --memory      # the KV cache each phase holds, 7B config at 768x768
 
 Methods: `plain` (one sample), `best_of_<N>` (N candidates finished, the best kept), `prune_<N>to<K>_after<R>`
-(N candidates painted to row R of 8, the K best by their partial score finished, the best of those kept). Every
+(N candidates painted to row R of 8, the K best by their partial score finished, the best of those kept; with
+`_sjd`, finished by SJD at the device's default shape). Every
 method draws its candidates from the same seeds (candidate c of image seed s is seed 16 s + c), so the rows
 are paired: pruned best-of-8 picks among exactly best-of-8's candidates, plain is candidate 0.
 Forwards per image: the forward passes every candidate took (a batched forward counts once per candidate in
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from lumina_core import best_of_n, generate  # noqa: E402
+from lumina_core import SJDecoder, best_of_n, generate  # noqa: E402
 from lumina_core.decoding.generate import GenerationResult  # noqa: E402
 from lumina_core.decoding.sampler import DecodeStats  # noqa: E402
 from lumina_core.decoding.scorers import CLIPScorer, LikelihoodScorer  # noqa: E402
@@ -57,11 +58,13 @@ def method_fn(name: str, counter: Counter, scorer, movqgan):
             counter.forwards += res.stats.forwards * len(seeds)  # one batched forward per code, every image in it
             return res
         return plain
-    m = re.fullmatch(r"best_of_(\d+)|prune_(\d+)to(\d+)_after(\d+)", name)
+    m = re.fullmatch(r"best_of_(\d+)|prune_(\d+)to(\d+)_after(\d+)(_sjd)?", name)
     if m is None:
-        raise SystemExit(f"unknown method {name!r}: plain, best_of_<N>, prune_<N>to<K>_after<R>")
+        raise SystemExit(f"unknown method {name!r}: plain, best_of_<N>, prune_<N>to<K>_after<R>[_sjd]")
     n = int(m.group(1) or m.group(2))
     prune = dict(prune_after_rows=int(m.group(4)), keep=int(m.group(3))) if m.group(2) else {}
+    if m.group(5):  # the survivors finished by SJD (the device's default shape)
+        prune["decoder"] = SJDecoder()
     if n > STRIDE:
         raise SystemExit(f"at most {STRIDE} candidates")
 

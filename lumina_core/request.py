@@ -155,7 +155,7 @@ def prepare_request(model, request: Request, image_tokenizer=None) -> PreparedRe
     bon = request.best_of_n
     if bon is not None and bon.get("prune_after_rows"):
         check_pruning(plan, bon["n"], bon.get("keep"), bon["prune_after_rows"])
-        check_pruning_runs_here(with_sjd=request.sjd is not None, on_workers=isinstance(model, TPWorkers))
+        check_pruning_runs_here(on_workers=isinstance(model, TPWorkers))
     return PreparedRequest(request, spec, canvas, plan, task_warning(model, spec.name))
 
 

@@ -203,11 +203,12 @@ class BestOfNSettings(io.ComfyNode):
                              tooltip="Early pruning: paint every candidate down to this row (a row is 8 px), score "
                                      "the partial pictures, and finish only the 'keep' best. Most of the time goes "
                                      "to candidates worth finishing, and the dropped ones' memory goes to the rest. "
-                                     "0: no pruning, every candidate is finished. Plain decoding only (not with "
-                                     "SJD)."),
+                                     "0: no pruning, every candidate is finished. With SJD connected the first "
+                                     "rows are painted plainly and SJD finishes the kept ones."),
                 io.Int.Input("keep", default=2, min=1, max=64, optional=True,
                              tooltip="With prune_after_rows: how many candidates to finish (fewer than n). Each "
-                                     "keeps its seed, so it is exactly the image that seed makes alone."),
+                                     "keeps its seed: it is exactly the image that seed makes alone (with SJD: "
+                                     "what re-rolling its first rows with that seed makes)."),
             ],
             outputs=[BestOfNType.Output(display_name="best_of_n", tooltip="Connect to the sampler's 'best_of_n' "
                                                                          "input.")],

@@ -96,9 +96,6 @@ def test_pruned_best_of_n_request_equals_best_of_n(model):
              best_of_n={"n": 2, "scorer": LikelihoodScorer(), "chunk_size": None}), "start from one image"),
     (Request("x", width=64, height=64, best_of_n={"n": 2, "scorer": LikelihoodScorer(), "chunk_size": None,
                                                   "prune_after_rows": 2, "keep": 2}), "fewer than the 2 candidates"),
-    (Request("x", width=64, height=64, sjd={"window": 4}, best_of_n={"n": 4, "scorer": LikelihoodScorer(),
-                                                                     "chunk_size": None, "prune_after_rows": 2,
-                                                                     "keep": 2}), "disconnect SJD"),
 ])
 def test_bad_kept_rows_and_pruning_fail_before_loading(model, request_, message):
     with pytest.raises(InputError, match=message):

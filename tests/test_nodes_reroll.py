@@ -141,6 +141,21 @@ def test_the_subject_description_reaches_the_prompt(nodes, model, vq, monkeypatc
     assert not torch.equal(mine.codes, default.codes)
 
 
+def test_pruned_best_of_n_with_sjd_keeps_the_same_candidates_and_finishes_them_with_sjd(nodes, model):
+    from lumina_pack.nodes.settings import BestOfNSettings, SJDSettings
+    settings = BestOfNSettings.execute(6, "likelihood", "none", 0, 2, 2).args[0]
+    sjd = SJDSettings.execute(window=6, init="random", mode="exact", draft_tree="off").args[0]
+    plain = sample(nodes, model, seed=40, best_of_n=settings)
+    fast = sample(nodes, model, seed=40, best_of_n=settings, sjd=sjd)
+    assert fast.seeds == plain.seeds and torch.equal(fast.codes[:, :2], plain.codes[:, :2])
+    assert fast.codes.shape == (2, 8, 8) and fast.scores.shape == (2,)
+    from lumina_pack.lumina_core import SJDecoder, generate
+    for i, seed in enumerate(fast.seeds):  # what re-rolling its first 2 rows with its seed and SJD makes
+        again = generate(model.engine, "a red circle", 64, 64, seed=seed, cfg=4.0, top_k=4096, temperature=1.0,
+                         prefix_codes=fast.codes[i], keep_rows=2, decoder=SJDecoder(**sjd))
+        assert torch.equal(again.codes[0], fast.codes[i])
+
+
 def test_best_of_n_settings_prune_and_the_kept_are_their_seeds_images(nodes, model):
     from lumina_pack.nodes.settings import BestOfNSettings
     settings = BestOfNSettings.execute(6, "likelihood", "none", 0, 2, 2).args[0]

@@ -90,6 +90,15 @@ def test_pruned_best_of_n_through_the_server(comfy):
     assert len(comfy.output_images(run, "6")) == 2  # the two kept candidates
     steps = [p["value"] for p in run.of_type("progress") if p["node"] == "4"]
     assert steps[-1] == 2 + 6  # one chunk's first 2 rows, then the survivors' other 6
+    # with SJD connected: the same survivors, finished by SJD; the bar still counts 8 steps and only goes forward
+    prompt["10"] = {"class_type": "LuminaMGPT2SJDSettings", "inputs": {"window": 4, "init": "random", "mode": "exact"}}
+    prompt["4"]["inputs"]["sjd"] = ["10", 0]
+    fast = comfy.run(prompt)
+    assert fast.status == "success", fast.of_type("execution_error")
+    assert len(comfy.output_images(fast, "6")) == 2
+    steps = [p["value"] for p in fast.of_type("progress") if p["node"] == "4"]
+    assert steps == sorted(steps) and steps[-1] == 2 + 6
+    del prompt["10"], prompt["4"]["inputs"]["sjd"]
     prompt["9"]["inputs"]["keep"] = 4
     (error,) = comfy.run(prompt).of_type("execution_error")
     assert "keep must be fewer than the n = 4 candidates" in error["exception_message"]

@@ -15,8 +15,8 @@ import torch
 from . import rng
 from ..errors import InputError
 from .fast import FastPlain
-from .generate import (crop_codes, decode_images, encode_condition, generate, plan_request, sampling_and_seeds,
-                       with_kept_rows)
+from .generate import (crop_codes, decode_images, encode_condition, generate, plan_request, prompt_rows,
+                       sampling_and_seeds, with_kept_rows)
 from .kept_rows import as_images
 from .pruning import canvas_codes, check_pruning, check_pruning_runs_here, prune_candidates
 from .threads import decode_threads
@@ -103,7 +103,8 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
     prefix_codes / keep_rows: every candidate keeps these rows (one image's; see `generate`).
     prune_after_rows r > 0: early pruning (pruning.py): every candidate is painted to row r, scored there, and
     only the `keep` best (default 1) are finished and scored again; the result holds those (their seeds, in
-    seed order), with every candidate's partial score. Plain decoding only.
+    seed order), with every candidate's partial score. With an SJD decoder the first rows are painted plainly
+    (the same survivors) and SJD finishes each survivor from its first rows (generate with kept rows).
     generate_fn / chunk_size_fn: how candidates are generated (default `generate` on `model`) and how many fit at
     once (default `chunk_size_for(model, max_len, use_cfg, window, n)`): a tensor-parallel worker group passes
     its own, so scoring and selection are the same code everywhere.
@@ -132,10 +133,22 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
     seeds = rng.seed_sequence(seed, n)
     if prune_after_rows:
         keep = check_pruning(plan, n, keep, prune_after_rows)
-        check_pruning_runs_here(with_sjd=decoder is not None and not isinstance(decoder, FastPlain),
-                                on_workers=generate_fn is not None)
+        check_pruning_runs_here(on_workers=generate_fn is not None)
+        finish = None
+        if decoder is not None and not isinstance(decoder, FastPlain):  # SJD finishes the survivors
+
+            def finish(first_rows, chunk_seeds, chunk_progress, chunk_cancel):
+                rows = first_rows
+                if plan.kept_rows:  # the user's kept rows stay on top
+                    special = (generate_kwargs.get("tokenizer") or model.tokenizer).special
+                    given = prompt_rows(plan, special)[plan.layout.prefix_rows - plan.kept_rows:].cpu()
+                    rows = torch.cat([given.expand(first_rows.shape[0], -1, -1), first_rows], 1)
+                return generate(model, prompt, width, height, task=task, seeds=chunk_seeds, decoder=decoder,
+                                condition_codes=condition_codes, prefix_codes=rows, keep_rows=rows.shape[1],
+                                image_tokenizer=image_tokenizer, progress=chunk_progress, cancel=chunk_cancel,
+                                **generate_kwargs)
         return _pruned(model, plan, prompt, seeds, scorer, keep, prune_after_rows, chunk_size, fit,
-                       opts_cfg != 1.0, image_tokenizer, decoder, progress, cancel, generate_kwargs)
+                       opts_cfg != 1.0, image_tokenizer, decoder, finish, progress, cancel, generate_kwargs)
     if chunk_size is None:
         chunk_size = fit(plan.total_tokens + window, opts_cfg != 1.0, window, n)
     run = generate_fn or partial(generate, model)
@@ -172,9 +185,10 @@ def pruned_chunk_sizes(fit, partial_len: int, full_len: int, n: int, keep: int, 
 
 
 def _pruned(model, plan, prompt, seeds, scorer, keep, after_rows, chunk_size, chunk_size_fn, use_cfg,
-            image_tokenizer, decoder, progress, cancel, generate_kwargs) -> BestOfNResult:
+            image_tokenizer, decoder, finish, progress, cancel, generate_kwargs) -> BestOfNResult:
     """best_of_n with early pruning: the candidates' first rows in caches that hold only those rows, the survivors
-    in caches for the whole image (each phase as many at once as fit)."""
+    in caches for the whole image (each phase as many at once as fit). With `finish` (SJD) the survivors are
+    painted from their first rows as kept rows, in caches of their own."""
     special = (generate_kwargs.get("tokenizer") or model.tokenizer).special
     opts, _ = sampling_and_seeds(generate_kwargs.get("sampling"), seeds, 0, len(seeds),
                                  **{k: v for k, v in generate_kwargs.items() if k in LOOSE_SAMPLING})
@@ -182,13 +196,16 @@ def _pruned(model, plan, prompt, seeds, scorer, keep, after_rows, chunk_size, ch
     if chunk_size is None:
         first, rest = pruned_chunk_sizes(chunk_size_fn, len(plan.cond_ids) + after_rows * (lay.w_lat + 1) + 2,
                                          plan.total_tokens + 2, n, keep, use_cfg)
+        if finish is not None:  # the partial caches are gone by then; SJD's windows need their room
+            window = decoder.tokens_per_forward
+            rest = max(1, min(keep, chunk_size_fn(plan.total_tokens + window, use_cfg, window, keep)))
     else:
         first, rest = min(n, chunk_size), min(keep, chunk_size)
     with decode_threads(model, first * (2 if use_cfg else 1)):
         out = prune_candidates(model, plan, special, seeds, opts, scorer=scorer, keep=keep, after_rows=after_rows,
                                prompt=prompt, chunk_first=first, chunk_rest=rest, image_tokenizer=image_tokenizer,
-                               forward=getattr(decoder, "runner", None),
-                               progress=with_kept_rows(progress, plan, special), cancel=cancel)
+                               forward=getattr(decoder, "runner", None) or getattr(decoder, "forward", None),
+                               finish=finish, progress=with_kept_rows(progress, plan, special), cancel=cancel)
     codes = canvas_codes(plan, special, out.codes)
     return BestOfNResult(codes=codes, scores=out.scores, seeds=out.seeds, best_index=int(out.scores.argmax()),
                          chunk_size=first, layout=lay, task=plan.task, images=out.images, stats=out.stats,

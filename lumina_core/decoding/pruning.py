@@ -10,18 +10,26 @@ image, as many at once as fit.
 
 Candidates keep their seeds and are painted by the plain sampler (PlainRun) whether they stop at row r or go
 on, so a kept candidate is exactly the image `generate(seed=its seed)` makes: pruning only decides which
-images get finished.
+images get finished. With SJD (`finish`), the first rows are still painted plainly, so the same candidates
+are kept; each survivor is then finished by SJD from its first rows as kept rows, exactly what
+`generate(prefix_codes=its first rows, keep_rows=r, seed=its seed, decoder=sjd)` makes. SJD is exact, so the
+survivors' images have the same distribution either way. Survivors whose first rows differ are different
+prompts, finished one after another.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from ..errors import InputError
 from .generate import GenerationResult, crop_codes, decode_images, prompt_rows
 from .sampler import CancelFn, DecodeStats, PlainRun, ProgressFn
+
+# finish(first rows [k, r, w], seeds, progress, cancel) -> GenerationResult of the whole canvas
+FinishFn = Callable[[torch.Tensor, list, ProgressFn, CancelFn], GenerationResult]
 from .tasks import PromptPlan
 from ..image.preview import PENDING_GREY
 
@@ -52,14 +60,11 @@ def check_pruning(plan: PromptPlan, n: int, keep: int | None, after_rows: int) -
     return keep
 
 
-def check_pruning_runs_here(with_sjd: bool, on_workers: bool) -> None:
-    """Pruning paints with plain decoding on one device (for now): say what to change otherwise."""
+def check_pruning_runs_here(on_workers: bool) -> None:
+    """Pruning runs on one device (for now): say what to change otherwise."""
     if on_workers:
         raise InputError("early pruning runs on one device for now: set prune_after_rows to 0 with the "
                          "Multi-GPU Loader, or load the model with the Model Loader.")
-    if with_sjd:
-        raise InputError("early pruning paints the candidates with plain decoding for now: disconnect SJD "
-                         "Settings, or set prune_after_rows to 0 to use SJD without pruning.")
 
 
 def canvas_codes(plan: PromptPlan, special, painted: torch.Tensor) -> torch.Tensor:
@@ -82,6 +87,46 @@ def partial_panels(image_tokenizer, plan: PromptPlan, canvas: torch.Tensor) -> t
     if have:
         out[:, : have * f] = decode_images(image_tokenizer, canvas[:, top:top + have])
     return out
+
+
+def _finish_elsewhere(finish, plan, special, seeds, scorer, prompt, image_tokenizer, kept_ids, first_rows,
+                      logprob, partial, forwards, stats, chunk_rest, after_rows, tell, done, cancel):
+    """The second phase by `finish`: the survivors' rest painted from their first rows, `chunk_rest` at a time,
+    and scored on the whole painted image (the likelihood: the first rows' sum and the rest's, as one run)."""
+    lay = plan.layout
+    codes, final, images = [], [], []
+    for a in range(0, len(kept_ids), chunk_rest):
+        members = kept_ids[a:a + chunk_rest]
+        before = done[0]
+
+        def progress(rows, total, so_far, _before=before):
+            # a chunk is one step per row still to paint, also when its survivors run one prompt after another
+            # (their first rows differ): generate then counts rows over all of them
+            done[0] = _before + rows * (lay.gen_rows - after_rows) // total
+            tell(so_far[:, plan.kept_rows:])  # generate shows every row it keeps; the caller adds the user's
+
+        res = finish(first_rows[a:a + chunk_rest], [seeds[i] for i in members.tolist()], progress, cancel)
+        done[0] = before + lay.gen_rows - after_rows
+        painted = res.codes[:, lay.prefix_rows:].cpu()
+        canvas = canvas_codes(plan, special, painted)
+        whole = DecodeStats(image_tokens=lay.gen_rows * lay.w_lat,
+                            logprob=None if res.stats.logprob is None
+                            else logprob[a:a + chunk_rest] + res.stats.logprob.float().cpu())
+        result = GenerationResult(codes=canvas, layout=lay, task=plan.task,
+                                  seeds=[seeds[i] for i in members.tolist()], prompt=plan.text, stats=whole)
+        panels = (decode_images(image_tokenizer, crop_codes(canvas, plan.task.output_panel))
+                  if scorer.needs_images else None)
+        final.append(scorer.score(prompt, result, panels).float().cpu())
+        codes.append(painted)
+        if panels is not None:
+            images.append(panels)
+        for i, f in zip(members.tolist(), res.stats.extra.get("image_forwards", [res.stats.forwards] * len(members))):
+            forwards[i] += f
+        stats.append(res.stats)
+    kept = kept_ids.tolist()
+    return PrunedCandidates(codes=torch.cat(codes), seeds=[seeds[i] for i in kept], kept=kept,
+                            scores=torch.cat(final), partial_scores=partial, image_forwards=forwards,
+                            images=torch.cat(images) if images else None, stats=stats)
 
 
 def _score(scorer, prompt: str, plan: PromptPlan, special, run: PlainRun, image_tokenizer):
@@ -107,10 +152,12 @@ def _best(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 def prune_candidates(model, plan: PromptPlan, special, seeds: list[int], opts, *, scorer, keep: int,
                      after_rows: int, prompt: str, chunk_first: int, chunk_rest: int, image_tokenizer=None,
-                     forward=None, progress: ProgressFn | None = None,
+                     forward=None, finish: FinishFn | None = None, progress: ProgressFn | None = None,
                      cancel: CancelFn | None = None) -> PrunedCandidates:
     """Paint every seed's image to row `after_rows` (`chunk_first` at a time), keep the `keep` best by
     `scorer`, paint those to the end (`chunk_rest` at a time) and score them again.
+    finish: None goes on with the plain sampler in the survivors' caches; else finish(first rows [k, r, w],
+    their seeds, progress, cancel) paints the rest (SJD: generation from kept rows, see FinishFn).
     progress(steps done, steps, codes so far): a step is one row of one chunk, over both phases."""
     lay = plan.layout
     n, partial_tokens = len(seeds), after_rows * (lay.w_lat + 1)
@@ -154,6 +201,13 @@ def prune_candidates(model, plan: PromptPlan, special, seeds: list[int], opts, *
         pool = (PlainRun.join(picked, capacity=partial_tokens), ids[chosen])
         del run, parts, picked  # the dropped candidates' cache rows are freed here
     survivors, kept_ids = pool
+    if finish is not None:
+        first_rows, logprob = survivors.codes[:, :after_rows].cpu(), survivors.logprob.cpu()
+        del survivors, pool  # the rest is painted from the kept rows, in caches of its own
+        return _finish_elsewhere(finish, plan, special, seeds, scorer, prompt, image_tokenizer, kept_ids,
+                                 first_rows, logprob, partial, forwards, stats, chunk_rest, after_rows,
+                                 lambda so_far: progress(done[0], steps, so_far) if progress else None, done,
+                                 cancel)
     # go on with the survivors, `chunk_rest` at a time, each chunk in a cache sized for the whole image
     codes, final, images = [], [], []
     for a in range(0, len(kept_ids), chunk_rest):
