@@ -11,6 +11,7 @@ from scipy.stats import chi2_contingency
 from builders import randomize_, tiny_checkpoint, tiny_config, tiny_tokenizer
 from lumina_core import InputError, LuminaMGPT, SJDecoder, generate, kv_cache_format
 from lumina_core.decoding.generate import plan_request
+from lumina_core.decoding.scorers import LikelihoodScorer
 from lumina_core.model.checkpoint_writer import save_checkpoint
 
 KW = dict(cfg=3.0, top_k=20)
@@ -102,8 +103,13 @@ def test_sjd_stats_of_prompts_run_one_after_another_add_up(model, source):
     each = [generate(model, "x", 64, 64, seed=30 + i, prefix_codes=source[i], keep_rows=2, decoder=sjd, **KW).stats
             for i in range(2)]
     assert both.stats.forwards == sum(s.forwards for s in each)
-    assert both.stats.image_tokens == sum(s.image_tokens for s in each) == 2 * 6 * 8
+    assert both.stats.image_tokens == each[0].image_tokens == 6 * 8 and both.stats.prompts == 2
     assert both.stats.tokens_per_forward == pytest.approx(2 * 6 * 8 / both.stats.forwards)
+    # the likelihood score stays a per-image mean: each image's as when it ran alone
+    alone = [generate(model, "x", 64, 64, seed=30 + i, prefix_codes=source[i], keep_rows=2, decoder=sjd, **KW)
+             for i in range(2)]
+    want = torch.cat([LikelihoodScorer().score("x", r) for r in alone])
+    torch.testing.assert_close(LikelihoodScorer().score("x", both), want)
     hists = [s.extra["codes_per_forward_hist"] for s in each]
     merged = both.stats.extra["codes_per_forward_hist"]
     assert sum(merged) == sum(map(sum, hists))

@@ -216,6 +216,7 @@ def test_an_image_scorer_sees_partial_panels_then_finished_ones(model):
     (dict(n=4, prune_after_rows=2, keep=0), "keep must be at least 1"),
     (dict(n=4, prune_after_rows=8, keep=2), "between 1 and 7"),
     (dict(n=4, prune_after_rows=2, keep=2, generate_fn=lambda *a, **k: None), "Multi-GPU"),
+    (dict(n=4, prune_after_rows=2, keep=2, decoder=object()), "plain decoding or SJDecoder"),
     (dict(n=2, prefix_codes=torch.zeros(2, 8, 8, dtype=torch.long), keep_rows=2), "pick one image"),
 ])
 def test_bad_pruning_settings_say_what_to_change(model, kwargs, message):

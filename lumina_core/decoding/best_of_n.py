@@ -24,6 +24,7 @@ from ..memory.host_ram import available_ram
 from ..memory.kv_cache import KVCache
 from .sampler import CancelFn, DecodeStats, ProgressFn
 from .scorers import LikelihoodScorer
+from .sjd import SJDecoder
 from ..layout import ImageLayout
 from .tasks import TaskSpec
 
@@ -134,8 +135,11 @@ def best_of_n(model, prompt: str, width: int = 768, height: int = 768, *, n: int
     if prune_after_rows:
         keep = check_pruning(plan, n, keep, prune_after_rows)
         check_pruning_runs_here(on_workers=generate_fn is not None)
+        if decoder is not None and not isinstance(decoder, (FastPlain, SJDecoder)):
+            raise InputError("early pruning paints with plain decoding or SJDecoder: pass one of those as the "
+                             "decoder, or set prune_after_rows to 0.")
         finish = None
-        if decoder is not None and not isinstance(decoder, FastPlain):  # SJD finishes the survivors
+        if isinstance(decoder, SJDecoder):  # SJD finishes the survivors
 
             def finish(first_rows, chunk_seeds, chunk_progress, chunk_cancel):
                 rows = first_rows
@@ -204,7 +208,8 @@ def _pruned(model, plan, prompt, seeds, scorer, keep, after_rows, chunk_size, ch
     with decode_threads(model, first * (2 if use_cfg else 1)):
         out = prune_candidates(model, plan, special, seeds, opts, scorer=scorer, keep=keep, after_rows=after_rows,
                                prompt=prompt, chunk_first=first, chunk_rest=rest, image_tokenizer=image_tokenizer,
-                               forward=getattr(decoder, "runner", None) or getattr(decoder, "forward", None),
+                               forward=decoder.runner if isinstance(decoder, FastPlain)
+                               else getattr(decoder, "forward", None),
                                finish=finish, progress=with_kept_rows(progress, plan, special), cancel=cancel)
     codes = canvas_codes(plan, special, out.codes)
     return BestOfNResult(codes=codes, scores=out.scores, seeds=out.seeds, best_index=int(out.scores.argmax()),

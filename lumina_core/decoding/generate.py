@@ -207,9 +207,9 @@ def _in_image_order(results: list[GenerationResult], members: list[list[int]], s
     logprob = None
     if all(s.logprob is not None for s in stats):
         logprob = torch.cat([s.logprob.cpu() for s in stats])[order]
-    merged = DecodeStats(forwards=sum(s.forwards for s in stats), image_tokens=sum(s.image_tokens for s in stats),
+    merged = DecodeStats(forwards=sum(s.forwards for s in stats), image_tokens=stats[0].image_tokens,
                          prefill_tokens=sum(s.prefill_tokens for s in stats), seconds=sum(s.seconds for s in stats),
-                         logprob=logprob, extra=extra)
+                         logprob=logprob, extra=extra, prompts=sum(s.prompts for s in stats))
     first = results[0]
     return GenerationResult(codes=torch.cat([r.codes for r in results])[order], layout=first.layout, task=first.task,
                             seeds=list(seeds), prompt=first.prompt, stats=merged)

@@ -25,15 +25,17 @@ CancelFn = Callable[[], bool]                            # True -> stop
 @dataclass
 class DecodeStats:
     forwards: int = 0            # batched forward passes after the prefill
-    image_tokens: int = 0        # image codes produced per image (summed over prompts run one after another)
+    image_tokens: int = 0        # image codes produced per image
     prefill_tokens: int = 0
     seconds: float = 0.0
     logprob: torch.Tensor | None = None  # [B] sum over codes of log p_guided(code): the likelihood score
     extra: dict = field(default_factory=dict)
+    prompts: int = 1             # prompts run one after another (images that keep different rows), forwards summed
 
     @property
     def tokens_per_forward(self) -> float:
-        return self.image_tokens / max(1, self.forwards)
+        """Codes one image gets per forward (each prompt's forwards paint its images' codes)."""
+        return self.image_tokens * self.prompts / max(1, self.forwards)
 
 
 def cache_slots(plan: PromptPlan, capacity: int) -> int:
