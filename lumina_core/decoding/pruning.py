@@ -27,11 +27,11 @@ import torch
 from ..errors import InputError
 from .generate import GenerationResult, crop_codes, decode_images, prompt_rows
 from .sampler import CancelFn, DecodeStats, PlainRun, ProgressFn
+from .tasks import PromptPlan
+from ..image.preview import PENDING_GREY
 
 # finish(first rows [k, r, w], seeds, progress, cancel) -> GenerationResult of the whole canvas
 FinishFn = Callable[[torch.Tensor, list, ProgressFn, CancelFn], GenerationResult]
-from .tasks import PromptPlan
-from ..image.preview import PENDING_GREY
 
 
 @dataclass
