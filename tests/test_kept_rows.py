@@ -3,16 +3,15 @@ part of the prompt (the likelihood of what follows equals a full causal forward 
 rest), a seed means the same image alone or in a batch (plain, SJD, int8 cache, rows shared or one set per
 image), SJD keeps the plain sampler's distribution after kept rows (chi-square, with the lossy rule failing the
 same test), and every bad input says what to change."""
-import numpy as np
 import pytest
 import torch
-from scipy.stats import chi2_contingency
 
 from builders import randomize_, tiny_checkpoint, tiny_config, tiny_tokenizer
 from lumina_core import InputError, LuminaMGPT, SJDecoder, generate, kv_cache_format
 from lumina_core.decoding.generate import plan_request
 from lumina_core.decoding.scorers import LikelihoodScorer
 from lumina_core.model.checkpoint_writer import save_checkpoint
+from test_sjd import ALPHA, POSITIONS, _min_p_value  # the same test of homogeneity
 
 KW = dict(cfg=3.0, top_k=20)
 DECODERS = [None, SJDecoder(window=6), SJDecoder(window=6, init="spatial")]
@@ -214,7 +213,7 @@ def test_a_taller_canvas_than_the_context_holds_says_so(tmp_path, model, source)
 # As tests/test_sjd.py: a sharp 8-code model, 2000 plain samples against 2000 SJD samples (disjoint seeds), CFG on,
 # no truncation, chi-square tests of homogeneity at the first 7 painted positions after the first, alpha 0.01
 # Bonferroni-corrected; here below one kept row. Fixed seeds: deterministic.
-ALPHA, POSITIONS, SAMPLES, CODES = 0.01, range(1, 8), 2000, 8
+SAMPLES, CODES = 2000, 8
 
 
 @pytest.fixture(scope="module")
@@ -235,16 +234,6 @@ def _samples(model, decoder, first_seed):
                    decoder=decoder, prefix_codes=KEPT)
     assert torch.equal(res.codes[:, :1], KEPT.expand(SAMPLES, -1, -1))
     return res.codes[:, 1:].reshape(SAMPLES, -1).numpy()
-
-
-def _min_p_value(a, b):
-    pvals = []
-    for pos in POSITIONS:
-        table = np.stack([np.bincount(a[:, pos], minlength=CODES), np.bincount(b[:, pos], minlength=CODES)])
-        table = table[:, table.sum(0) > 0]
-        if table.shape[1] > 1:
-            pvals.append(chi2_contingency(table)[1])
-    return min(pvals)
 
 
 @pytest.fixture(scope="module")

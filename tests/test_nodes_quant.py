@@ -7,20 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_CHECKPOINT
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    from lumina_pack import nodes
-    return nodes
+from node_fixtures import nodes, one_thread  # noqa: F401 (fixtures)
 
 
 def load(nodes, quantization=None, name=TINY_CHECKPOINT):
